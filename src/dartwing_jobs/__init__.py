@@ -1,0 +1,37 @@
+"""Dartwing Jobs: a durable, multi-tenant background job engine.
+
+The database is both the record and the queue (SQLite embedded, PostgreSQL for
+production and many machines).
+"""
+
+from __future__ import annotations
+
+from .config import Settings
+from .domain.errors import (
+    DartwingError,
+    DuplicateJob,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    PermanentFailure,
+    RateLimited,
+    Unauthorized,
+    ValidationError,
+)
+from .engine import Engine
+from .views import Job
+
+__all__ = [
+    "DartwingError",
+    "DuplicateJob",
+    "Engine",
+    "Forbidden",
+    "InvalidState",
+    "Job",
+    "NotFound",
+    "PermanentFailure",
+    "RateLimited",
+    "Settings",
+    "Unauthorized",
+    "ValidationError",
+]

@@ -1,0 +1,1 @@
+"""The pure domain: statuses, transitions, hashing, validation, errors. No I/O here."""

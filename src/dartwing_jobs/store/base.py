@@ -1,0 +1,556 @@
+"""The storage contract: one class whose queries are SQLAlchemy Core (bound
+parameters only), with a small subclass per backend for what differs (connection
+setup, claiming, notifications).
+
+Methods take an open ``Connection`` so that the service layer decides transaction
+boundaries, including running inside a caller's own transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from ..domain.errors import Conflict, DuplicateJob, InvalidState
+from ..domain.statuses import (
+    ACTIVE,
+    CANCELABLE_AT_ONCE,
+    RETRYABLE_BY_HAND,
+    Status,
+)
+from .clock import db_now
+from .schema import (
+    api_tokens,
+    job_dependencies,
+    job_events,
+    job_execution_log,
+    job_types,
+    jobs,
+    org_members,
+    organizations,
+    persons,
+    users,
+)
+
+ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Store:
+    """Shared Core queries. Subclasses provide ``_create_engine`` and backend-only
+    behaviour; nothing here depends on the dialect except through SQLAlchemy."""
+
+    backend: str = "base"
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        self.options = options
+        self.engine: Engine = self._create_engine(url, **options)
+
+    # -- connections -------------------------------------------------------
+
+    def _create_engine(self, url: str, **options: Any) -> Engine:
+        raise NotImplementedError  # pragma: no cover - every backend overrides
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction, committed on success and rolled back on error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only unit of work (no write lock taken on SQLite)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(dartwing_read_only=True)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        from alembic import command
+
+        from .migrations import alembic_config
+
+        with self.engine.begin() as conn:
+            cfg = alembic_config(conn)
+            command.upgrade(cfg, "head")
+
+    def notify_jobs_available(self, conn: Connection) -> None:
+        """Wake idle workers after commit. No-op where workers poll."""
+
+    def now(self, conn: Connection) -> float:
+        return float(conn.execute(select(db_now())).scalar_one())
+
+    # -- identity ----------------------------------------------------------
+
+    def _insert_unique(self, conn: Connection, stmt: Any, what: str) -> None:
+        try:
+            with conn.begin_nested():
+                conn.execute(stmt)
+        except IntegrityError as exc:
+            raise Conflict(f"{what} already exists") from exc
+
+    def create_organization(self, conn: Connection, name: str, title: str) -> None:
+        self._insert_unique(
+            conn,
+            insert(organizations).values(name=name, title=title, created_at=db_now()),
+            f"organization {name!r}",
+        )
+
+    def get_organizations(
+        self, conn: Connection, names: Sequence[str] | None = None
+    ) -> list[RowMapping]:
+        stmt = select(organizations).order_by(organizations.c.name)
+        if names is not None:
+            stmt = stmt.where(organizations.c.name.in_(list(names)))
+        return list(conn.execute(stmt).mappings())
+
+    def organization_exists(self, conn: Connection, name: str) -> bool:
+        stmt = select(literal(1)).where(organizations.c.name == name)
+        return conn.execute(stmt).first() is not None
+
+    def create_user(
+        self, conn: Connection, user_id: str, full_name: str, is_system_manager: bool
+    ) -> None:
+        self._insert_unique(
+            conn,
+            insert(users).values(
+                id=user_id,
+                full_name=full_name,
+                is_system_manager=is_system_manager,
+                enabled=True,
+                created_at=db_now(),
+            ),
+            f"user {user_id!r}",
+        )
+
+    def get_user(self, conn: Connection, user_id: str) -> RowMapping | None:
+        return conn.execute(select(users).where(users.c.id == user_id)).mappings().first()
+
+    def create_person(self, conn: Connection, name: str, user_id: str | None) -> str:
+        person_id = new_id()
+        self._insert_unique(
+            conn,
+            insert(persons).values(id=person_id, name=name, user_id=user_id, created_at=db_now()),
+            "a person for this user",
+        )
+        return person_id
+
+    def find_persons(self, conn: Connection, key: str) -> list[RowMapping]:
+        """Persons matching an id, a linked user's e-mail, or a name."""
+        stmt = select(persons).where(
+            or_(persons.c.id == key, persons.c.user_id == key, persons.c.name == key)
+        )
+        return list(conn.execute(stmt).mappings())
+
+    def upsert_member(
+        self,
+        conn: Connection,
+        organization: str,
+        person_id: str,
+        status: str | None,
+        role: str | None,
+        create: bool,
+    ) -> RowMapping:
+        where = and_(
+            org_members.c.organization == organization, org_members.c.person_id == person_id
+        )
+        current = conn.execute(select(org_members).where(where)).mappings().first()
+        if current is None:
+            if not create:
+                raise InvalidState("that person is not a member of the organization", status="none")
+            self._insert_unique(
+                conn,
+                insert(org_members).values(
+                    organization=organization,
+                    person_id=person_id,
+                    status=status or "Active",
+                    role=role or "member",
+                    created_at=db_now(),
+                ),
+                "membership",
+            )
+        elif create:
+            raise Conflict("that person is already a member of the organization")
+        else:
+            values = {k: v for k, v in (("status", status), ("role", role)) if v is not None}
+            if values:
+                conn.execute(update(org_members).where(where).values(**values))
+        return conn.execute(select(org_members).where(where)).mappings().one()
+
+    def memberships_of_user(self, conn: Connection, user_id: str) -> dict[str, str]:
+        """Organizations the user reaches: User -> Person -> active Org Member."""
+        stmt = (
+            select(org_members.c.organization, org_members.c.role)
+            .join(persons, persons.c.id == org_members.c.person_id)
+            .where(persons.c.user_id == user_id, org_members.c.status == "Active")
+        )
+        return {row.organization: row.role for row in conn.execute(stmt)}
+
+    def create_token(
+        self, conn: Connection, token_id: str, user_id: str, token_hash: str,
+        expires_in_seconds: float | None,
+    ) -> None:
+        expires = db_now() + expires_in_seconds if expires_in_seconds is not None else None
+        conn.execute(
+            insert(api_tokens).values(
+                id=token_id,
+                user_id=user_id,
+                token_hash=token_hash,
+                created_at=db_now(),
+                expires_at=expires,
+            )
+        )
+
+    def find_live_token(self, conn: Connection, token_hash: str) -> RowMapping | None:
+        stmt = (
+            select(api_tokens, users.c.enabled)
+            .join(users, users.c.id == api_tokens.c.user_id)
+            .where(
+                api_tokens.c.token_hash == token_hash,
+                api_tokens.c.revoked_at.is_(None),
+                or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > db_now()),
+            )
+        )
+        return conn.execute(stmt).mappings().first()
+
+    def list_tokens(self, conn: Connection, user_id: str) -> list[RowMapping]:
+        stmt = (
+            select(api_tokens.c.id, api_tokens.c.user_id, api_tokens.c.created_at,
+                   api_tokens.c.expires_at, api_tokens.c.revoked_at)
+            .where(api_tokens.c.user_id == user_id)
+            .order_by(api_tokens.c.created_at)
+        )
+        return list(conn.execute(stmt).mappings())
+
+    def revoke_token(self, conn: Connection, token_id: str) -> bool:
+        stmt = (
+            update(api_tokens)
+            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=db_now())
+        )
+        return conn.execute(stmt).rowcount == 1
+
+    # -- job types ---------------------------------------------------------
+
+    def insert_job_type(self, conn: Connection, values: dict[str, Any]) -> None:
+        self._insert_unique(
+            conn,
+            insert(job_types).values(**values, created_at=db_now(), modified_at=db_now()),
+            f"job type {values['name']!r}",
+        )
+
+    def update_job_type(self, conn: Connection, name: str, values: dict[str, Any]) -> bool:
+        stmt = (
+            update(job_types)
+            .where(job_types.c.name == name)
+            .values(**values, modified_at=db_now())
+        )
+        return conn.execute(stmt).rowcount == 1
+
+    def get_job_type(self, conn: Connection, name: str) -> RowMapping | None:
+        return conn.execute(select(job_types).where(job_types.c.name == name)).mappings().first()
+
+    def list_job_types(self, conn: Connection) -> list[RowMapping]:
+        return list(conn.execute(select(job_types).order_by(job_types.c.name)).mappings())
+
+    # -- jobs: submission --------------------------------------------------
+
+    def lock_dependencies(
+        self, conn: Connection, ids: Sequence[str]
+    ) -> list[RowMapping]:
+        """Read the dependencies, holding a share lock where the backend has one, so
+        that a parent cannot finish between this read and our commit unnoticed."""
+        stmt = (
+            select(jobs.c.id, jobs.c.organization, jobs.c.status)
+            .where(jobs.c.id.in_(list(ids)))
+            .with_for_update(read=True)
+        )
+        return list(conn.execute(stmt).mappings())
+
+    def insert_job(
+        self, conn: Connection, values: dict[str, Any], depends_on: Sequence[str],
+        run_at: float | None,
+    ) -> RowMapping:
+        """Insert a job, or raise ``DuplicateJob`` naming the active twin.
+
+        The partial unique index decides; ``ON CONFLICT DO NOTHING`` keeps the
+        caller's transaction usable. If the twin finishes between our conflict and
+        our look-up, the insert is simply tried again.
+        """
+        now = db_now()
+        row = dict(values, due_at=now if run_at is None else run_at, run_at=run_at,
+                   created_at=now, modified_at=now)
+        for _ in range(20):
+            stmt = self._insert_ignoring_duplicate(row).returning(*jobs.c)
+            created = conn.execute(stmt).mappings().first()
+            if created is not None:
+                if depends_on:
+                    conn.execute(
+                        insert(job_dependencies),
+                        [{"job_id": created["id"], "depends_on_id": d} for d in depends_on],
+                    )
+                self.insert_status_event(conn, created)
+                return created
+            twin = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.job_hash == values["job_hash"],
+                    jobs.c.deduplicate.is_(True),
+                    jobs.c.status.in_(ACTIVE_VALUES),
+                )
+            ).scalar()
+            if twin is not None:
+                raise DuplicateJob(twin)
+        raise Conflict("could not insert the job: its duplicate kept changing; try again")
+
+    def _insert_ignoring_duplicate(self, row: dict[str, Any]) -> Any:
+        raise NotImplementedError  # pragma: no cover - every backend overrides
+
+    # -- jobs: reads -------------------------------------------------------
+
+    def get_job(self, conn: Connection, job_id: str) -> RowMapping | None:
+        return conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+
+    def dependencies_of(self, conn: Connection, job_ids: Sequence[str]) -> dict[str, list[str]]:
+        if not job_ids:
+            return {}
+        stmt = (
+            select(job_dependencies.c.job_id, job_dependencies.c.depends_on_id)
+            .where(job_dependencies.c.job_id.in_(list(job_ids)))
+            .order_by(job_dependencies.c.job_id, job_dependencies.c.depends_on_id)
+        )
+        result: dict[str, list[str]] = {}
+        for row in conn.execute(stmt):
+            result.setdefault(row.job_id, []).append(row.depends_on_id)
+        return result
+
+    def dependents_of(self, conn: Connection, job_id: str) -> list[str]:
+        stmt = select(job_dependencies.c.job_id).where(job_dependencies.c.depends_on_id == job_id)
+        return [r.job_id for r in conn.execute(stmt)]
+
+    def list_jobs(
+        self,
+        conn: Connection,
+        *,
+        organizations_in: Sequence[str] | None,
+        statuses: Sequence[str] | None,
+        job_type: str | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> list[RowMapping]:
+        """Newest first, keyset-paged on (created_at, id)."""
+        stmt = select(jobs)
+        if organizations_in is not None:
+            stmt = stmt.where(jobs.c.organization.in_(list(organizations_in)))
+        if statuses:
+            stmt = stmt.where(jobs.c.status.in_(list(statuses)))
+        if job_type is not None:
+            stmt = stmt.where(jobs.c.job_type == job_type)
+        if after is not None:
+            stmt = stmt.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(*after))
+        stmt = stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        return list(conn.execute(stmt).mappings())
+
+    def execution_log(self, conn: Connection, job_id: str) -> list[RowMapping]:
+        stmt = (
+            select(job_execution_log)
+            .where(job_execution_log.c.job_id == job_id)
+            .order_by(job_execution_log.c.attempt)
+        )
+        return list(conn.execute(stmt).mappings())
+
+    # -- jobs: state changes -----------------------------------------------
+
+    def cancel_job(self, conn: Connection, job_id: str) -> RowMapping:
+        """One conditional update decides: a job not yet running is canceled, a
+        running one is asked to stop. Whatever the claimer does concurrently, the
+        database serialises the two updates, so never both and never neither."""
+        canceled = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id,
+                   jobs.c.status.in_([s.value for s in CANCELABLE_AT_ONCE]))
+            .values(
+                status=Status.CANCELED.value,
+                completed_at=db_now(),
+                modified_at=db_now(),
+                error_type="canceled",
+                error_message="canceled by request",
+                lease_expires_at=None,
+            )
+            .returning(*jobs.c)
+        ).mappings().first()
+        if canceled is not None:
+            self.insert_status_event(conn, canceled)
+            return canceled
+        requested = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == Status.RUNNING.value)
+            .values(cancel_requested=True, modified_at=db_now())
+            .returning(*jobs.c)
+        ).mappings().first()
+        if requested is not None:
+            return requested
+        current = self.get_job(conn, job_id)
+        if current is None:
+            raise InvalidState("the job no longer exists", status="deleted")
+        raise InvalidState(
+            f"a {current['status']} job cannot be canceled", status=current["status"]
+        )
+
+    def retry_job(self, conn: Connection, job_id: str) -> RowMapping:
+        """Manual retry: the same job, queued again with a fresh retry budget."""
+        try:
+            with conn.begin_nested():
+                row = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id,
+                           jobs.c.status.in_([s.value for s in RETRYABLE_BY_HAND]))
+                    .values(
+                        status=Status.QUEUED.value,
+                        attempts_offset=jobs.c.attempts,
+                        cancel_requested=False,
+                        due_at=db_now(),
+                        next_retry_at=None,
+                        completed_at=None,
+                        modified_at=db_now(),
+                        error_type=None,
+                        error_message=None,
+                        error_traceback=None,
+                        result=None,
+                    )
+                    .returning(*jobs.c)
+                ).mappings().first()
+        except IntegrityError:
+            current = self.get_job(conn, job_id)
+            assert current is not None
+            twin = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.job_hash == current["job_hash"],
+                    jobs.c.deduplicate.is_(True),
+                    jobs.c.status.in_(ACTIVE_VALUES),
+                )
+            ).scalar()
+            raise DuplicateJob(twin or "") from None
+        if row is None:
+            current = self.get_job(conn, job_id)
+            status = current["status"] if current is not None else "deleted"
+            raise InvalidState(f"a {status} job cannot be retried", status=status)
+        self.insert_status_event(conn, row)
+        self.notify_jobs_available(conn)
+        return row
+
+    def insert_status_event(
+        self, conn: Connection, job: RowMapping, error: dict[str, Any] | None = None
+    ) -> None:
+        if error is None and job["error_type"] is not None:
+            error = {"type": job["error_type"], "message": job["error_message"]}
+        conn.execute(
+            insert(job_events).values(
+                job_id=job["id"],
+                organization=job["organization"],
+                job_type=job["job_type"],
+                kind="status",
+                status=job["status"],
+                attempt=job["attempts"],
+                progress=job["progress"],
+                message=job["progress_message"],
+                error=error,
+                created_at=db_now(),
+            )
+        )
+
+    def promote_ready_dependents(self, conn: Connection, parent_id: str) -> list[str]:
+        """Queue the pending dependents of ``parent_id`` whose every dependency has
+        completed. Conditional on ``status = 'pending'``, so running it twice (two
+        schedulers, or a worker and a scheduler) is harmless."""
+        dep = job_dependencies.alias("dep")
+        parent = jobs.alias("parent")
+        unfinished = exists().where(
+            dep.c.job_id == jobs.c.id,
+            parent.c.id == dep.c.depends_on_id,
+            parent.c.status != Status.COMPLETED.value,
+        )
+        candidates = select(job_dependencies.c.job_id).where(
+            job_dependencies.c.depends_on_id == parent_id
+        )
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(candidates), jobs.c.status == Status.PENDING.value, ~unfinished)
+            .values(status=Status.QUEUED.value, due_at=func.coalesce(jobs.c.run_at, db_now()),
+                    modified_at=db_now())
+            .returning(*jobs.c)
+        ).mappings().all()
+        for row in rows:
+            self.insert_status_event(conn, row)
+        if rows:
+            self.notify_jobs_available(conn)
+        return [r["id"] for r in rows]
+
+    def cancel_dependents(self, conn: Connection, parent_id: str, parent_status: str) -> list[str]:
+        """Cancel the pending dependents of a failed parent, and theirs, to the end
+        of the chain; each records which dependency failed."""
+        canceled: list[str] = []
+        frontier = [(parent_id, parent_status)]
+        while frontier:
+            failed_id, failed_status = frontier.pop()
+            candidates = select(job_dependencies.c.job_id).where(
+                job_dependencies.c.depends_on_id == failed_id
+            )
+            rows = conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(candidates), jobs.c.status == Status.PENDING.value)
+                .values(
+                    status=Status.CANCELED.value,
+                    completed_at=db_now(),
+                    modified_at=db_now(),
+                    error_type="dependency_failed",
+                    error_message=f"dependency {failed_id} ended {failed_status}",
+                )
+                .returning(*jobs.c)
+            ).mappings().all()
+            for row in rows:
+                self.insert_status_event(conn, row)
+                canceled.append(row["id"])
+                frontier.append((row["id"], Status.CANCELED.value))
+        return canceled
+
+    def delete_jobs(self, conn: Connection, job_ids: Sequence[str]) -> int:
+        ids = list(job_ids)
+        conn.execute(delete(job_dependencies).where(
+            or_(job_dependencies.c.job_id.in_(ids), job_dependencies.c.depends_on_id.in_(ids))))
+        conn.execute(delete(job_execution_log).where(job_execution_log.c.job_id.in_(ids)))
+        conn.execute(delete(job_events).where(job_events.c.job_id.in_(ids)))
+        return int(conn.execute(delete(jobs).where(jobs.c.id.in_(ids))).rowcount)
+
+
+def sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return None
+    rest = url[len(prefix):].split("?", 1)[0]
+    return None if rest in ("", ":memory:") else Path(rest)

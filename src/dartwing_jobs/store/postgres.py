@@ -1,0 +1,51 @@
+"""PostgreSQL: production and many machines. psycopg 3 under SQLAlchemy's
+connection pool; ``NOTIFY`` after a submit wakes idle workers, ``FOR UPDATE SKIP
+LOCKED`` lets many workers claim without blocking each other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from .base import Store
+from .schema import ACTIVE_HASH_PREDICATE, jobs
+
+NOTIFY_CHANNEL = "dartwing_jobs"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and run them on psycopg 3."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ValueError(f"not a PostgreSQL URL: {url!r}")
+
+
+def psycopg_url(url: str) -> str:
+    return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://"):]
+
+
+class PostgresStore(Store):
+    backend = "postgresql"
+
+    def _create_engine(self, url: str, **options: Any) -> Engine:
+        return create_engine(
+            sqlalchemy_url(url),
+            pool_size=int(options.get("pool_size", 10)),
+            max_overflow=20,
+            pool_pre_ping=True,
+            connect_args={"application_name": options.get("application_name", "dartwing-jobs")},
+        )
+
+    def _insert_ignoring_duplicate(self, row: dict[str, Any]) -> Any:
+        return pg_insert(jobs).values(**row).on_conflict_do_nothing(
+            index_elements=[jobs.c.job_hash],
+            index_where=ACTIVE_HASH_PREDICATE,
+        )
+
+    def notify_jobs_available(self, conn: Connection) -> None:
+        # Delivered at commit, and only if the transaction commits.
+        conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
