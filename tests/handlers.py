@@ -1,12 +1,139 @@
-"""Handlers used by the tests (allowed through DARTWING_JOBS_HANDLER_MODULES)."""
+"""Handlers used by the tests (allowed through DARTWING_JOBS_HANDLER_MODULES).
+
+``ledger`` handlers record every run in a ``ledger`` table over their own
+connection, so that fault tests can check invariants with SQL afterwards."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
 from typing import Any
 
+from sqlalchemy import Column, Double, Integer, MetaData, String, Table, create_engine, insert, update
+from sqlalchemy.engine import Engine as SAEngine
 
-def noop(ctx: Any) -> dict[str, Any]:
+from dartwing_jobs import JobContext, PermanentFailure
+
+LEDGER_ENV = "DWJ_TEST_LEDGER_URL"
+ledger_metadata = MetaData()
+ledger = Table(
+    "ledger", ledger_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", Double, nullable=False),
+    Column("ended", Double),
+)
+_ledger_engine: SAEngine | None = None
+
+
+def _ledger() -> SAEngine:
+    global _ledger_engine
+    if _ledger_engine is None:
+        url = os.environ[LEDGER_ENV]
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        _ledger_engine = create_engine(url, connect_args={"timeout": 30}
+                                       if url.startswith("sqlite") else {})
+    return _ledger_engine
+
+
+def create_ledger(url: str) -> None:
+    os.environ[LEDGER_ENV] = url
+    ledger_metadata.create_all(_ledger())
+
+
+def noop(ctx: JobContext) -> dict[str, Any]:
     return {"ok": True}
+
+
+def record(ctx: JobContext) -> dict[str, Any]:
+    """Records start and end; optional sleep, and an optional crash of the whole
+    process on given attempts."""
+    eng = _ledger()
+    with eng.begin() as conn:
+        row_id = conn.execute(insert(ledger).values(
+            job_id=ctx.job_id, attempt=ctx.attempt, pid=os.getpid(), started=time.time(),
+        )).inserted_primary_key[0]
+    if ctx.attempt in ctx.parameters.get("crash_on_attempts", []):
+        os._exit(9)
+    time.sleep(float(ctx.parameters.get("sleep", 0)))
+    with eng.begin() as conn:
+        conn.execute(update(ledger).where(ledger.c.id == row_id).values(ended=time.time()))
+    return {"attempt": ctx.attempt}
+
+
+def fail_times(ctx: JobContext) -> dict[str, Any]:
+    if ctx.attempt <= int(ctx.parameters.get("fail", 2)):
+        raise RuntimeError(f"failing on purpose, attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+def busy_loop(ctx: JobContext) -> None:
+    while True:
+        pass
+
+
+def sleep_long(ctx: JobContext) -> None:
+    time.sleep(3600)
+
+
+def stubborn(ctx: JobContext) -> None:
+    """Ignores SIGTERM and swallows every exception, even BaseException."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:  # noqa: S110 - deliberately hostile
+            pass
+
+
+def blocked_in_c(ctx: JobContext) -> None:
+    """Blocked inside a C call that never returns (reading a pipe nobody writes)."""
+    r, _w = os.pipe()
+    os.read(r, 1)
+
+
+def cooperative(ctx: JobContext) -> dict[str, Any]:
+    for i in range(10_000):
+        ctx.progress(min(99, i / 100), f"step {i}")
+        time.sleep(0.01)
+    return {"done": True}
+
+
+def progress_steps(ctx: JobContext) -> dict[str, Any]:
+    steps = int(ctx.parameters.get("steps", 10))
+    for i in range(1, steps + 1):
+        ctx.progress(100 * i / steps, f"step {i} of {steps}")
+        time.sleep(float(ctx.parameters.get("delay", 0.01)))
+    return {"steps": steps}
+
+
+def checkpoint_then_crash(ctx: JobContext) -> dict[str, Any]:
+    if ctx.last_checkpoint is None:
+        ctx.checkpoint({"page": 12})
+        os._exit(5)
+    return {"resumed_from": ctx.last_checkpoint}
+
+
+def poison(ctx: JobContext) -> None:
+    os._exit(3)
+
+
+def permanent(ctx: JobContext) -> None:
+    raise PermanentFailure("this can never work")
+
+
+def bad_result(ctx: JobContext) -> object:
+    return object()
+
+
+async def async_handler(ctx: JobContext) -> dict[str, Any]:
+    await asyncio.sleep(0.01)
+    return {"async": True, "params": ctx.parameters}
 
 
 NOT_CALLABLE = 42

@@ -20,6 +20,7 @@ from .domain.errors import (
 )
 from .engine import Engine
 from .views import Job
+from .worker.context import JobCanceled, JobContext
 
 __all__ = [
     "DartwingError",
@@ -28,6 +29,8 @@ __all__ = [
     "Forbidden",
     "InvalidState",
     "Job",
+    "JobCanceled",
+    "JobContext",
     "NotFound",
     "PermanentFailure",
     "RateLimited",

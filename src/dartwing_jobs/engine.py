@@ -27,6 +27,7 @@ from .domain.errors import (
     ValidationError,
 )
 from .domain.hashing import job_hash
+from .domain.outcomes import Outcome, OutcomeKind
 from .domain.priorities import Priority, parse_priority
 from .domain.statuses import Status
 from .domain.validation import (
@@ -274,6 +275,29 @@ class Engine:
                 raise Forbidden("only the submitter, an organization admin or a System "
                                 "Manager may retry this job")
             return self._job(conn, self.store.retry_job(conn, job_id))
+
+    # -- maintenance (trusted code: workers and the scheduler) ----------------
+
+    def rescue_expired_leases(self, *, conn: Connection | None = None, limit: int = 100) -> int:
+        """Take back jobs whose worker stopped renewing its lease (SIGKILL, a lost
+        machine, a frozen process): the attempt counts as failed (``worker_lost``).
+        Any number of workers and schedulers may run this at once."""
+        with self._write(conn) as tx:
+            rows = self.store.expired_leases(tx, limit)
+            if not rows:
+                return 0
+            now = self.store.now(tx)
+            outcomes = [
+                Outcome(
+                    job_id=r["id"], attempt=r["attempts"], kind=OutcomeKind.FAILED,
+                    worker_id=r["worker_id"], started_at=r["started_at"] or now,
+                    duration_ms=max(0.0, now - (r["started_at"] or now)) * 1000.0,
+                    error_type="worker_lost",
+                    error_message=f"lease expired: worker {r['worker_id']} stopped renewing it",
+                )
+                for r in rows
+            ]
+            return len(self.store.record_outcomes(tx, outcomes))
 
     # -- identity (System Manager, or trusted code) ---------------------------
 

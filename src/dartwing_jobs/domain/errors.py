@@ -93,6 +93,6 @@ class QuotaExceeded(DartwingError):
     http_status = 429
 
 
-class PermanentFailure(Exception):  # noqa: N818 - public name fixed by the spec
+class PermanentFailure(Exception):
     """Raised by a handler to say that retrying cannot help: the job goes straight
     to ``dead_letter``."""

@@ -31,9 +31,12 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.errors import Conflict, DuplicateJob, InvalidState
+from ..domain.outcomes import Outcome, OutcomeKind
+from ..domain.retry import retry_delay
 from ..domain.statuses import (
     ACTIVE,
     CANCELABLE_AT_ONCE,
+    CLAIMABLE,
     RETRYABLE_BY_HAND,
     Status,
 )
@@ -464,25 +467,30 @@ class Store:
         self.notify_jobs_available(conn)
         return row
 
+    @staticmethod
+    def _status_event(job: RowMapping, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        if error is None and job["error_type"] is not None:
+            error = {"type": job["error_type"], "message": job["error_message"]}
+        return {
+            "job_id": job["id"],
+            "organization": job["organization"],
+            "job_type": job["job_type"],
+            "kind": "status",
+            "status": job["status"],
+            "attempt": job["attempts"],
+            "progress": job["progress"],
+            "message": job["progress_message"],
+            "error": error,
+        }
+
+    def insert_events(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            conn.execute(insert(job_events).values(created_at=db_now()), list(events))
+
     def insert_status_event(
         self, conn: Connection, job: RowMapping, error: dict[str, Any] | None = None
     ) -> None:
-        if error is None and job["error_type"] is not None:
-            error = {"type": job["error_type"], "message": job["error_message"]}
-        conn.execute(
-            insert(job_events).values(
-                job_id=job["id"],
-                organization=job["organization"],
-                job_type=job["job_type"],
-                kind="status",
-                status=job["status"],
-                attempt=job["attempts"],
-                progress=job["progress"],
-                message=job["progress_message"],
-                error=error,
-                created_at=db_now(),
-            )
-        )
+        self.insert_events(conn, [self._status_event(job, error)])
 
     def promote_ready_dependents(self, conn: Connection, parent_id: str) -> list[str]:
         """Queue the pending dependents of ``parent_id`` whose every dependency has
@@ -538,6 +546,226 @@ class Store:
                 canceled.append(row["id"])
                 frontier.append((row["id"], Status.CANCELED.value))
         return canceled
+
+    # -- jobs: the worker's path -------------------------------------------
+
+    def _claimable(self, job_type_filter: Sequence[str] | None) -> Any:
+        stmt = select(jobs.c.id).where(
+            jobs.c.status.in_([s.value for s in CLAIMABLE]), jobs.c.due_at <= db_now()
+        )
+        if job_type_filter:
+            stmt = stmt.where(jobs.c.job_type.in_(list(job_type_filter)))
+        return stmt
+
+    def has_due_jobs(self, conn: Connection, job_type_filter: Sequence[str] | None) -> bool:
+        """A cheap read to ask before taking the write lock of a claim."""
+        return conn.execute(self._claimable(job_type_filter).limit(1)).first() is not None
+
+    def _lock_for_claim(self, stmt: Any) -> Any:
+        """Backends with row locks skip rows another claimer holds."""
+        return stmt
+
+    def claim_jobs(
+        self, conn: Connection, worker_id: str, limit: int, lease_seconds: float,
+        job_type_filter: Sequence[str] | None = None,
+    ) -> list[RowMapping]:
+        """Claim up to ``limit`` due jobs in one statement: priority first, then the
+        time they became due. Each claim starts a new attempt (``attempts + 1``)
+        that every later write of this worker is fenced by."""
+        chosen = self._lock_for_claim(
+            self._claimable(job_type_filter)
+            .order_by(jobs.c.priority, jobs.c.due_at, jobs.c.id)
+            .limit(limit)
+        )
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(chosen.scalar_subquery()),
+                   jobs.c.status.in_([s.value for s in CLAIMABLE]))
+            .values(
+                status=Status.RUNNING.value,
+                attempts=jobs.c.attempts + 1,
+                worker_id=worker_id,
+                lease_expires_at=db_now() + lease_seconds,
+                started_at=db_now(),
+                modified_at=db_now(),
+                next_retry_at=None,
+            )
+            .returning(*jobs.c)
+        ).mappings().all()
+        self.insert_events(conn, [self._status_event(r) for r in rows])
+        return sorted(rows, key=lambda r: (r["priority"], r["due_at"], r["id"]))
+
+    def renew_leases(
+        self, conn: Connection, worker_id: str, held: Sequence[tuple[str, int]],
+        lease_seconds: float,
+    ) -> dict[str, bool]:
+        """Extend the leases this worker still holds. Returns, for each attempt still
+        held, whether a cancel was requested; an attempt missing from the answer
+        was taken away (rescued, or the job deleted) and must stop."""
+        if not held:
+            return {}
+        attempts = dict(held)
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(list(attempts)), jobs.c.worker_id == worker_id,
+                   jobs.c.status == Status.RUNNING.value)
+            .values(lease_expires_at=db_now() + lease_seconds)
+            .returning(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested)
+        ).all()
+        return {r.id: bool(r.cancel_requested) for r in rows if attempts.get(r.id) == r.attempts}
+
+    def cancel_requests(self, conn: Connection, held: Sequence[tuple[str, int]]) -> set[str]:
+        if not held:
+            return set()
+        attempts = dict(held)
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.attempts).where(
+                jobs.c.id.in_(list(attempts)), jobs.c.cancel_requested.is_(True),
+                jobs.c.status == Status.RUNNING.value,
+            )
+        ).all()
+        return {r.id for r in rows if attempts.get(r.id) == r.attempts}
+
+    def write_progress(
+        self, conn: Connection, updates: Sequence[tuple[str, int, float, str | None]]
+    ) -> int:
+        """Throttled progress from running attempts; fenced like every other write."""
+        events = []
+        for job_id, attempt, percent, message in updates:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.attempts == attempt,
+                       jobs.c.status == Status.RUNNING.value)
+                .values(progress=percent, progress_message=message)
+                .returning(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.status,
+                           jobs.c.attempts)
+            ).mappings().first()
+            if row is not None:
+                events.append({
+                    "job_id": row["id"], "organization": row["organization"],
+                    "job_type": row["job_type"], "kind": "progress", "status": row["status"],
+                    "attempt": row["attempts"], "progress": percent, "message": message,
+                    "error": None,
+                })
+        self.insert_events(conn, events)
+        return len(events)
+
+    def write_checkpoint(self, conn: Connection, job_id: str, attempt: int, state: Any) -> bool:
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.attempts == attempt,
+                   jobs.c.status == Status.RUNNING.value)
+            .values(checkpoint=state)
+        )
+        return conn.execute(stmt).rowcount == 1
+
+    def record_outcomes(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[str]:
+        """Write the ends of attempts. Each write is conditional on the job still
+        running this very attempt, so a worker that lost its lease (and a rescuer
+        racing a late worker) changes nothing. Returns the ids actually written."""
+        written: list[str] = []
+        logs: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        completed: list[str] = []
+        failed: list[tuple[str, str]] = []
+        for outcome in outcomes:
+            row = self._apply_outcome(conn, outcome)
+            if row is None:
+                continue
+            written.append(outcome.job_id)
+            events.append(self._status_event(row))
+            logs.append({
+                "job_id": outcome.job_id, "organization": row["organization"],
+                "job_type": row["job_type"], "attempt": outcome.attempt,
+                "worker_id": outcome.worker_id, "started_at": outcome.started_at,
+                "finished_at": outcome.started_at + outcome.duration_ms / 1000.0,
+                "duration_ms": outcome.duration_ms,
+                "outcome": outcome.error_type if outcome.kind is OutcomeKind.FAILED
+                and outcome.error_type in ("timeout", "worker_lost") else outcome.kind.value,
+                "error_type": outcome.error_type, "error_message": outcome.error_message,
+                "error_traceback": outcome.error_traceback,
+            })
+            if row["status"] == Status.COMPLETED.value:
+                completed.append(outcome.job_id)
+            elif row["status"] in (Status.DEAD_LETTER.value, Status.CANCELED.value):
+                failed.append((outcome.job_id, row["status"]))
+        if logs:
+            conn.execute(insert(job_execution_log), logs)
+        self.insert_events(conn, events)
+        if completed:
+            parents = conn.execute(
+                select(job_dependencies.c.depends_on_id).distinct()
+                .where(job_dependencies.c.depends_on_id.in_(completed))
+            ).scalars().all()
+            for parent in parents:
+                self.promote_ready_dependents(conn, parent)
+        for parent, status in failed:
+            self.cancel_dependents(conn, parent, status)
+        return written
+
+    def _apply_outcome(self, conn: Connection, outcome: Outcome) -> RowMapping | None:
+        fence = and_(jobs.c.id == outcome.job_id, jobs.c.attempts == outcome.attempt,
+                     jobs.c.status == Status.RUNNING.value)
+        common = {"modified_at": db_now(), "lease_expires_at": None}
+        if outcome.kind is OutcomeKind.COMPLETED:
+            values = dict(common, status=Status.COMPLETED.value, result=outcome.result,
+                          progress=100.0, completed_at=db_now(), error_type=None,
+                          error_message=None, error_traceback=None)
+        elif outcome.kind is OutcomeKind.CANCELED:
+            values = dict(common, status=Status.CANCELED.value, completed_at=db_now(),
+                          error_type="canceled",
+                          error_message=outcome.error_message or "canceled by request",
+                          error_traceback=outcome.error_traceback)
+        else:
+            current = conn.execute(
+                select(jobs.c.attempts, jobs.c.attempts_offset, jobs.c.max_retries,
+                       jobs.c.retry_backoff, jobs.c.retry_backoff_max).where(fence)
+            ).first()
+            if current is None:
+                return None
+            used = current.attempts - current.attempts_offset
+            errors = {"error_type": outcome.error_type, "error_message": outcome.error_message,
+                      "error_traceback": outcome.error_traceback}
+            if outcome.kind is OutcomeKind.FAILED and used <= current.max_retries:
+                delay = retry_delay(used, current.retry_backoff, current.retry_backoff_max)
+                values = dict(common, **errors, status=Status.RETRYING.value,
+                              next_retry_at=db_now() + delay, due_at=db_now() + delay)
+            else:
+                values = dict(common, **errors, status=Status.DEAD_LETTER.value,
+                              completed_at=db_now())
+        result: RowMapping | None = conn.execute(
+            update(jobs).where(fence).values(**values).returning(*jobs.c)
+        ).mappings().first()
+        return result
+
+    def expired_leases(self, conn: Connection, limit: int) -> list[RowMapping]:
+        stmt = self._lock_for_claim(
+            select(jobs.c.id, jobs.c.attempts, jobs.c.started_at, jobs.c.worker_id)
+            .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < db_now())
+            .order_by(jobs.c.lease_expires_at)
+            .limit(limit)
+        )
+        return list(conn.execute(stmt).mappings())
+
+    def return_to_queue(self, conn: Connection, held: Sequence[tuple[str, int]]) -> int:
+        """Give back attempts stopped by a shutdown, without charging them."""
+        returned = 0
+        for job_id, attempt in held:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.attempts == attempt,
+                       jobs.c.status == Status.RUNNING.value)
+                .values(status=Status.QUEUED.value, attempts=jobs.c.attempts - 1,
+                        worker_id=None, lease_expires_at=None, started_at=None,
+                        due_at=db_now(), modified_at=db_now(), cancel_requested=False)
+                .returning(*jobs.c)
+            ).mappings().first()
+            if row is not None:
+                returned += 1
+                self.insert_status_event(conn, row)
+        if returned:
+            self.notify_jobs_available(conn)
+        return returned
 
     def delete_jobs(self, conn: Connection, job_ids: Sequence[str]) -> int:
         ids = list(job_ids)

@@ -15,7 +15,7 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import Double
 
 
-class db_now(FunctionElement[float]):  # noqa: N801 - reads as a SQL function
+class db_now(FunctionElement[float]):
     type = Double()
     inherit_cache = True
     name = "db_now"

@@ -46,6 +46,9 @@ class PostgresStore(Store):
             index_where=ACTIVE_HASH_PREDICATE,
         )
 
+    def _lock_for_claim(self, stmt: Any) -> Any:
+        return stmt.with_for_update(skip_locked=True)
+
     def notify_jobs_available(self, conn: Connection) -> None:
         # Delivered at commit, and only if the transaction commits.
         conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))

@@ -1,0 +1,492 @@
+"""The worker supervisor: claims jobs, hands them to child processes, holds their
+leases, enforces timeouts and cancels by killing children, and writes outcomes in
+group commits.
+
+One thread runs the loop below; the only other thread listens for PostgreSQL
+notifications and merely wakes the loop. Every write the loop makes is fenced in
+SQL by (job id, attempt, status), so a late or duplicate write changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import DBAPIError
+
+from ..domain.outcomes import Outcome, OutcomeKind
+from ..engine import Engine
+from .child import child_main
+
+log = logging.getLogger("dartwing_jobs.worker")
+
+FAILPOINT_ENV = "DARTWING_JOBS_FAILPOINT"
+
+
+@dataclass
+class Slot:
+    """One child process and the attempt it runs, if any."""
+
+    index: int
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    job: RowMapping | None = None
+    started_mono: float = 0.0
+    started_epoch: float = 0.0
+    deadline: float | None = None  # hard timeout (monotonic)
+    kill_at: float | None = None  # end of the cancel grace period (monotonic)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    @property
+    def attempt(self) -> tuple[str, int]:
+        assert self.job is not None
+        return self.job["id"], self.job["attempts"]
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    job_types: Sequence[str] | None = None
+    poll_interval: float | None = None  # seconds between idle polls; backend default
+    heartbeat_interval: float = 0.25  # progress flush and cancel checks
+    shutdown_grace: float = 30.0
+    claim_batch: int = 50
+
+
+class Supervisor:
+    def __init__(self, engine: Engine, options: WorkerOptions | None = None) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.options = options or WorkerOptions()
+        self.settings = engine.settings
+        self.lease = float(self.settings.lease_seconds)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        postgres = self.store.backend == "postgresql"
+        self.poll_interval = self.options.poll_interval or (1.0 if postgres else 0.02)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots: list[Slot] = []
+        self._outcomes: list[Outcome] = []
+        self._progress: dict[str, tuple[int, float, str | None]] = {}
+        self._job_types: dict[str, RowMapping] = {}
+        self._job_types_loaded = 0.0
+        self._stopping = False
+        self._stop_now = False
+        self._stop_deadline: float | None = None
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._listener: threading.Thread | None = None
+        self._listener_stop = threading.Event()
+        self._last_renewal_ok = time.monotonic()
+        self._next_renewal = 0.0
+        self._next_heartbeat = 0.0
+        self._next_rescue = 0.0
+        self._next_poll = 0.0
+        self._failpoint = os.environ.get(FAILPOINT_ENV, "")
+        self.completed_count = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def request_stop(self, immediate: bool = False) -> None:
+        """First call: finish running attempts (up to the grace period). A second
+        call, or ``immediate``: stop at once and give the attempts back."""
+        if self._stopping or immediate:
+            self._stop_now = True
+        self._stopping = True
+        self._wake()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal %s: %s", signum, "stopping now" if self._stopping else "draining")
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> None:
+        log.info("worker %s starting %d processes", self.worker_id, self.options.concurrency)
+        self._slots = [self._spawn(i) for i in range(self.options.concurrency)]
+        if self.store.backend == "postgresql":
+            self._listener = threading.Thread(target=self._listen, name="notify-listener",
+                                              daemon=True)
+            self._listener.start()
+        try:
+            while True:
+                if self._stopping and self._shutdown_step():
+                    break
+                self._tick()
+        finally:
+            self._listener_stop.set()
+            self._flush_outcomes(final=True)
+            for slot in self._slots:
+                self._stop_child(slot)
+            log.info("worker %s stopped", self.worker_id)
+
+    def _shutdown_step(self) -> bool:
+        """True when the shutdown is complete."""
+        now = time.monotonic()
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.options.shutdown_grace
+        busy = [s for s in self._slots if s.busy]
+        if busy and (self._stop_now or now >= self._stop_deadline):
+            returned = []
+            for slot in busy:
+                returned.append(slot.attempt)
+                self._kill(slot)
+                slot.job = None
+            self._flush_outcomes(final=True)
+            self._db(lambda conn: self.store.return_to_queue(conn, returned))
+            return True
+        return not busy and not self._outcomes
+
+    # -- the loop ----------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if not self._stopping and now >= self._next_poll and self._free_slots():
+            claimed = self._claim()
+            # Keep claiming without waiting while there is work.
+            self._next_poll = now if claimed else now + self.poll_interval
+        self._wait(self._timeout(now))
+        now = time.monotonic()
+        self._enforce_deadlines(now)
+        self._flush_outcomes()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.options.heartbeat_interval
+            self._heartbeat(now)
+        if now >= self._next_rescue:
+            self._next_rescue = now + max(1.0, self.lease / 3)
+            self._db(lambda conn: self.engine.rescue_expired_leases(conn=conn))
+
+    def _timeout(self, now: float) -> float:
+        candidates = [self._next_heartbeat - now]
+        if not self._stopping and self._free_slots():
+            candidates.append(self._next_poll - now)
+        for slot in self._slots:
+            for moment in (slot.deadline, slot.kill_at):
+                if moment is not None:
+                    candidates.append(moment - now)
+        if self._outcomes:
+            candidates.append(0.0)
+        return max(0.0, min(candidates))
+
+    def _wait(self, timeout: float) -> None:
+        waitables: list[Any] = [self._wake_r]
+        for slot in self._slots:
+            waitables.append(slot.conn)
+            waitables.append(slot.process.sentinel)
+        for ready in wait(waitables, timeout):
+            if ready is self._wake_r:
+                while self._wake_r.poll():
+                    self._wake_r.recv_bytes()
+                self._next_poll = 0.0
+                continue
+            for slot in self._slots:
+                if ready is slot.conn:
+                    self._receive(slot)
+                elif ready == slot.process.sentinel and not slot.process.is_alive():
+                    self._child_died(slot)
+
+    def _free_slots(self) -> list[Slot]:
+        return [s for s in self._slots if s.ready and not s.busy]
+
+    # -- claiming and dispatching ------------------------------------------
+
+    def _claim(self) -> int:
+        free = self._free_slots()
+        filter_types = self.options.job_types
+
+        def claim(conn: Any) -> list[RowMapping]:
+            return self.store.claim_jobs(
+                conn, self.worker_id, min(len(free), self.options.claim_batch),
+                self.lease, filter_types,
+            )
+
+        if not self._db(lambda conn: self.store.has_due_jobs(conn, filter_types), read=True):
+            return 0
+        rows = self._db(claim) or []
+        for slot, row in zip(free, rows, strict=False):
+            self._dispatch(slot, row)
+        return len(rows)
+
+    def _dispatch(self, slot: Slot, job: RowMapping) -> None:
+        slot.job = job
+        slot.started_mono = time.monotonic()
+        slot.started_epoch = time.time()
+        slot.deadline = (
+            slot.started_mono + job["timeout_seconds"] if job["timeout_seconds"] else None
+        )
+        slot.kill_at = None
+        job_type = self._job_type(job["job_type"])
+        if job_type is None or not job_type["enabled"]:
+            reason = "is disabled" if job_type is not None else "no longer exists"
+            self._finish(slot, OutcomeKind.PERMANENT, None,
+                         {"type": "job_type_disabled",
+                          "message": f"job type {job['job_type']!r} {reason}"})
+            return
+        spec = {
+            "job_id": job["id"],
+            "attempt": job["attempts"],
+            "organization": job["organization"],
+            "job_type": job["job_type"],
+            "handler": job_type["handler"],
+            "parameters": job["parameters"],
+            "checkpoint": job["checkpoint"],
+        }
+        try:
+            slot.conn.send(("run", spec))
+        except (OSError, EOFError):
+            self._child_died(slot)
+
+    def _job_type(self, name: str) -> RowMapping | None:
+        now = time.monotonic()
+        if name not in self._job_types or now - self._job_types_loaded > 5.0:
+            rows = self._db(lambda conn: self.store.list_job_types(conn), read=True)
+            if rows is not None:
+                self._job_types = {r["name"]: r for r in rows}
+                self._job_types_loaded = now
+        return self._job_types.get(name)
+
+    # -- messages from children --------------------------------------------
+
+    def _receive(self, slot: Slot) -> None:
+        while True:
+            try:
+                if not slot.conn.poll():
+                    return
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                self._child_died(slot)
+                return
+            kind = message[0]
+            if kind == "ready":
+                slot.ready = True
+            elif kind == "progress":
+                _, job_id, attempt, percent, text = message
+                if slot.job is not None and slot.attempt == (job_id, attempt):
+                    self._progress[job_id] = (attempt, percent, text)
+            elif kind == "done":
+                _, job_id, attempt, outcome, result, error, started, duration, label = message
+                if slot.job is None or slot.attempt != (job_id, attempt):
+                    continue  # an attempt we already gave up on (timeout or cancel)
+                if self._failpoint == "before_completion_write":
+                    os._exit(70)
+                self._outcomes.append(Outcome(
+                    job_id=job_id, attempt=attempt, kind=OutcomeKind(outcome),
+                    worker_id=label, started_at=started, duration_ms=duration, result=result,
+                    error_type=error["type"] if error else None,
+                    error_message=error["message"] if error else None,
+                    error_traceback=error.get("traceback") if error else None,
+                ))
+                self._release(slot)
+
+    def _finish(self, slot: Slot, kind: OutcomeKind, result: Any,
+                error: dict[str, Any] | None) -> None:
+        assert slot.job is not None
+        self._outcomes.append(Outcome(
+            job_id=slot.job["id"], attempt=slot.job["attempts"], kind=kind,
+            worker_id=f"{socket.gethostname()}:{slot.process.pid}",
+            started_at=slot.started_epoch,
+            duration_ms=(time.monotonic() - slot.started_mono) * 1000.0,
+            result=result,
+            error_type=error["type"] if error else None,
+            error_message=error["message"] if error else None,
+        ))
+        self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        if slot.job is not None:
+            self._progress.pop(slot.job["id"], None)
+        slot.job = None
+        slot.deadline = None
+        slot.kill_at = None
+
+    def _child_died(self, slot: Slot) -> None:
+        if slot.process.is_alive():
+            return
+        if slot.busy:
+            self._finish(slot, OutcomeKind.FAILED, None, {
+                "type": "worker_lost",
+                "message": f"the worker process died (exit code {slot.process.exitcode})",
+            })
+        self._replace(slot)
+
+    # -- deadlines, cancels, leases ----------------------------------------
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for slot in self._slots:
+            if not slot.busy:
+                continue
+            if slot.kill_at is not None and now >= slot.kill_at:
+                self._kill(slot)
+                self._finish(slot, OutcomeKind.CANCELED, None, {
+                    "type": "canceled",
+                    "message": "canceled; the handler did not stop within the grace period",
+                })
+                self._replace(slot)
+            elif slot.deadline is not None and now >= slot.deadline:
+                assert slot.job is not None
+                self._kill(slot)
+                self._finish(slot, OutcomeKind.FAILED, None, {
+                    "type": "timeout",
+                    "message": f"the attempt ran over its timeout of "
+                               f"{slot.job['timeout_seconds']} s and was killed",
+                })
+                self._replace(slot)
+
+    def _heartbeat(self, now: float) -> None:
+        busy = [s for s in self._slots if s.busy]
+        held = [s.attempt for s in busy]
+        progress = [(job_id, a, p, m) for job_id, (a, p, m) in self._progress.items()]
+        self._progress.clear()
+        renew = now >= self._next_renewal
+
+        def beat(conn: Any) -> tuple[dict[str, bool] | None, set[str]]:
+            if progress:
+                self.store.write_progress(conn, progress)
+            if renew:
+                kept = self.store.renew_leases(conn, self.worker_id, held, self.lease)
+                return kept, {job_id for job_id, flag in kept.items() if flag}
+            return None, self.store.cancel_requests(conn, held)
+
+        answer = self._db(beat)
+        if answer is None:
+            if progress:  # keep the latest values for the next try
+                for job_id, a, p, m in progress:
+                    self._progress.setdefault(job_id, (a, p, m))
+            if now - self._last_renewal_ok > self.lease * 0.6:
+                self._abandon_all("database unreachable: cannot renew leases")
+            return
+        kept, cancels = answer
+        if kept is not None:
+            self._last_renewal_ok = now
+            self._next_renewal = now + self.lease / 3
+            for slot in busy:
+                if slot.busy and slot.attempt[0] not in kept:
+                    log.warning("lost the lease of job %s; stopping its attempt", slot.attempt[0])
+                    self._kill(slot)
+                    self._release(slot)
+                    self._replace(slot)
+        grace = float(self.settings.cancel_grace_seconds)
+        for slot in busy:
+            if slot.busy and slot.attempt[0] in cancels and slot.kill_at is None:
+                slot.kill_at = now + grace
+                try:
+                    slot.conn.send(("cancel", slot.attempt[0]))
+                except (OSError, EOFError):
+                    self._child_died(slot)
+
+    def _abandon_all(self, reason: str) -> None:
+        """Stop every attempt before its lease can expire: a rescuer may soon run
+        the job elsewhere, and it must never run twice at once."""
+        for slot in self._slots:
+            if slot.busy:
+                log.warning("%s; stopping job %s", reason, slot.attempt[0])
+                self._kill(slot)
+                self._release(slot)
+                self._replace(slot)
+        self._outcomes.clear()
+
+    # -- outcomes ----------------------------------------------------------
+
+    def _flush_outcomes(self, final: bool = False) -> None:
+        """Group commit: every outcome gathered since the last flush in one
+        transaction. On a transient error they stay queued and are tried again."""
+        if not self._outcomes:
+            return
+        batch = list(self._outcomes)
+        attempts = 5 if final else 1
+        for i in range(attempts):
+            written = self._db(lambda conn: self.store.record_outcomes(conn, batch))
+            if written is not None:
+                del self._outcomes[: len(batch)]
+                self.completed_count += len(batch)
+                return
+            if i + 1 < attempts:
+                time.sleep(0.2 * (i + 1))
+
+    # -- child processes ---------------------------------------------------
+
+    def _spawn(self, index: int) -> Slot:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=child_main,
+            args=(child, self.settings.database_url, self.settings.handler_prefixes),
+            name=f"dartwing-jobs-child-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        return Slot(index=index, process=process, conn=parent)
+
+    def _replace(self, slot: Slot) -> None:
+        self._stop_child(slot, kill=True)
+        fresh = self._spawn(slot.index)
+        self._slots[slot.index] = fresh
+
+    def _kill(self, slot: Slot) -> None:
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(timeout=5)
+
+    def _stop_child(self, slot: Slot, kill: bool = False) -> None:
+        if not kill and slot.process.is_alive():
+            try:
+                slot.conn.send(("stop",))
+            except (OSError, EOFError):
+                pass
+            slot.process.join(timeout=2)
+        if slot.process.is_alive():
+            slot.process.kill()
+            slot.process.join(timeout=5)
+        slot.conn.close()
+
+    # -- database access ---------------------------------------------------
+
+    def _db(self, work: Any, read: bool = False) -> Any:
+        """Run ``work(conn)`` in one transaction; None when the database failed
+        (logged: the loop goes on and tries again later)."""
+        try:
+            with self.store.read() if read else self.store.transaction() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            log.warning("database error (will retry): %s", str(exc).splitlines()[0])
+            return None
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send_bytes(b"1")
+        except OSError:
+            pass
+
+    def _listen(self) -> None:
+        """PostgreSQL LISTEN in its own connection: a submit wakes an idle worker
+        within milliseconds; polling stays as the fallback."""
+        import psycopg
+
+        from ..store.postgres import NOTIFY_CHANNEL, psycopg_url
+
+        while not self._listener_stop.is_set():
+            try:
+                with psycopg.connect(psycopg_url(self.settings.database_url),
+                                     autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant channel name
+                    while not self._listener_stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wake()
+            except Exception as exc:  # reconnect on any failure, quietly
+                log.debug("notify listener reconnecting: %s", exc)
+                self._listener_stop.wait(1.0)
