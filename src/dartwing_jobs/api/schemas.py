@@ -61,11 +61,13 @@ class UpdateJobType(BaseModel):
 
 
 class JobError(BaseModel):
+    """``{type, message}``; a handler's failure may add ``traceback``. Extra keys
+    pass through as given so an absent traceback is not invented as ``null``."""
+
     model_config = ConfigDict(extra="allow")
 
     type: str
-    message: str | None = None
-    traceback: str | None = None
+    message: str | None
 
 
 class JobOut(BaseModel):
