@@ -86,7 +86,7 @@ class JobTypes:
                 raise ValidationError(f"unknown job type field {key!r}", field=key)
         return values
 
-    def register(
+    def _prepare(
         self,
         name: str,
         *,
@@ -99,7 +99,6 @@ class JobTypes:
         deduplicate: bool | None = None,
         enabled: bool | None = None,
         retention_days: float | None = None,
-        actor: str | None = None,
     ) -> dict[str, Any]:
         validate_name(name, "name")
         values = self._normalise(
@@ -116,26 +115,37 @@ class JobTypes:
             }
         )
         self._check_backoff(values)
-        with self._transaction() as conn:
-            self._principal_for(conn, actor).require_system_manager()
-            self._store.insert_job_type(conn, {"name": name, **values})
-            row = self._store.get_job_type(conn, name)
-        assert row is not None
-        return job_type_dict(row)
+        return {"name": name, **values}
+
+    def register(self, name: str, *, actor: str | None = None, **config: Any) -> dict[str, Any]:
+        """Register one job type (see ``_prepare`` for the fields). A name that
+        exists already is a ``Conflict``: changing a type is ``update``."""
+        return self.register_all([{"name": name, **config}], actor=actor)[0]
 
     def register_all(
         self, configs: Iterable[Mapping[str, Any]], actor: str | None = None
     ) -> list[dict[str, Any]]:
-        """Register a whole configuration at once; a name given twice is an error and
-        nothing of the configuration is stored."""
+        """Register a whole configuration in one transaction: a name given twice,
+        or any refused entry, stores nothing of it."""
         seen: set[str] = set()
-        configs = list(configs)
+        prepared = []
         for config in configs:
             name = config.get("name")
             if name in seen:
                 raise Conflict(f"job type {name!r} is configured twice")
             seen.add(str(name))
-        return [self.register(**dict(c), actor=actor) for c in configs]
+            fields = dict(config)
+            fields.pop("name", None)
+            prepared.append(self._prepare(str(name), **fields))
+        with self._transaction() as conn:
+            self._principal_for(conn, actor).require_system_manager()
+            rows = []
+            for values in prepared:
+                self._store.insert_job_type(conn, values)
+                row = self._store.get_job_type(conn, values["name"])
+                assert row is not None
+                rows.append(job_type_dict(row))
+        return rows
 
     def update(self, name: str, *, actor: str | None = None, **changes: Any) -> dict[str, Any]:
         unknown = set(changes) - set(_CHANGEABLE)

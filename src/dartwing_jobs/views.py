@@ -66,7 +66,7 @@ class Job:
     checkpoint: Any = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], depends_on: list[str] | None = None) -> Job:
+    def from_row(cls, row: Mapping[Any, Any], depends_on: list[str] | None = None) -> Job:
         error = None
         if row["error_type"] is not None:
             error = {"type": row["error_type"], "message": row["error_message"]}
@@ -102,7 +102,7 @@ class Job:
         return asdict(self)
 
 
-def log_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+def log_entry(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "job_id": row["job_id"],
         "organization": row["organization"],
@@ -119,7 +119,7 @@ def log_entry(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_type_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+def job_type_dict(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "name": row["name"],
         "handler": row["handler"],
@@ -134,5 +134,5 @@ def job_type_dict(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def organization_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+def organization_dict(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {"name": row["name"], "title": row["title"], "created_at": iso(row["created_at"])}

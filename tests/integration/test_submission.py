@@ -228,12 +228,6 @@ def test_register_all_registers_everything(world: World) -> None:
     assert eng.job_types.get("beta")["max_retries"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: JobTypes.register_all registers entry by entry, each in its own "
-    "transaction, so a configuration whose later entry is refused (here a name that "
-    "already exists) leaves its earlier entries stored: half a configuration",
-)
 def test_register_all_is_all_or_nothing(world: World) -> None:
     eng = world.engine
     before = job_type_names(eng)

@@ -159,12 +159,6 @@ def test_round_trip_gives_plain_json_types() -> None:
     assert type(got["o"]) is dict
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: validate_parameters' comment promises that tuple types are "
-    "normalised by the JSON round trip, but _check_tree refuses tuples with "
-    "'parameters may not contain a tuple' before the round trip runs",
-)
 def test_tuples_are_normalised_to_lists() -> None:
     got = validate({"t": (1, 2), "n": {"x": (3,)}})
     assert got == {"t": [1, 2], "n": {"x": [3]}}

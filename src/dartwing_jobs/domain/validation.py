@@ -43,7 +43,7 @@ def _check_tree(root: Any, *, max_depth: int) -> None:
     stack: list[tuple[Any, int]] = [(root, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
+        if isinstance(node, dict | list | tuple):
             if depth > max_depth:
                 raise ValidationError(
                     f"parameters are nested deeper than {max_depth} levels", field="parameters"

@@ -41,12 +41,12 @@ metadata = MetaData(
 Json = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-Epoch = Double()
+Epoch: Double[float] = Double()
 
 
 def _status_in(statuses: frozenset[object]) -> str:
     # Static text built from the domain's own enum values, never from input.
-    values = ", ".join(sorted(f"'{s}'" for s in statuses))  # type: ignore[str-bytes-safe]
+    values = ", ".join(sorted(f"'{s}'" for s in statuses))
     return f"status IN ({values})"
 
 
