@@ -186,6 +186,13 @@ class GuardMiddleware:
             refusal = screen_json(body, self.max_depth)
             if refusal is not None:
                 return refusal, replay
+            # Every body this API takes is JSON and has just been proven to be, so
+            # a missing or form Content-Type (``curl -d``'s default) must not turn
+            # it into an opaque "not an object" error further in.
+            scope["headers"] = [
+                *((k, v) for k, v in scope.get("headers", []) if k != b"content-type"),
+                (b"content-type", b"application/json"),
+            ]
         return None, replay
 
 
