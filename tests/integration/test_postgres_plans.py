@@ -1,0 +1,264 @@
+"""Query plans of the hot paths (plan P1-004): with ~20,000 jobs, mostly finished,
+the claim query and the duplicate lookup must use their partial indexes
+(``ix_background_jobs_claim``, ``ux_background_jobs_active_hash``) rather than
+scan the table or every active row.
+
+The statements under test are captured from the store as it really issues them
+(``before_cursor_execute``) and then explained with the same bound parameters,
+so a change to the store's SQL is what these tests see. PostgreSQL is the
+``postgres_only`` part; SQLite's ``EXPLAIN QUERY PLAN`` is checked alongside.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, select
+from sqlalchemy.engine import Connection
+
+from dartwing_jobs import DuplicateJob, Engine
+from dartwing_jobs.store.base import ACTIVE_VALUES
+from dartwing_jobs.store.clock import db_now
+from dartwing_jobs.store.schema import (
+    ACTIVE_HASH_PREDICATE,
+    CLAIMABLE_PREDICATE,
+    jobs,
+)
+from tests.conftest import World
+
+N_JOBS = 20_000
+CLAIM_INDEX = "ix_background_jobs_claim"
+HASH_INDEX = "ux_background_jobs_active_hash"
+# Of every 100 jobs: 90 finished, 5 queued, 2 retrying, 3 running - a store that
+# has been running for a while.
+STATUS_MIX = ["completed"] * 80 + ["dead_letter"] * 5 + ["canceled"] * 5 + [
+    "queued"] * 5 + ["retrying"] * 2 + ["running"] * 3
+
+pg_only = [pytest.mark.postgres_only,
+           pytest.mark.parametrize("backend", ["postgresql"], indirect=True)]
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+def _apply(marks: Sequence[Any]) -> Any:
+    def deco(fn: Any) -> Any:
+        for mark in reversed(marks):
+            fn = mark(fn)
+        return fn
+    return deco
+
+
+def seed(engine: Engine) -> None:
+    """Insert N_JOBS jobs with one executemany (bound parameters), then ANALYZE
+    so the planner knows the distribution."""
+    with engine.store.read() as conn:
+        now = engine.store.now(conn)
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "job_type": "noop",
+            "organization": "acme" if i % 3 else "globex",
+            "parameters": {"i": i},
+            "priority": i % 4,
+            "status": STATUS_MIX[i % len(STATUS_MIX)],
+            "job_hash": uuid.uuid4().hex * 2,
+            "deduplicate": True,
+            "max_retries": 3,
+            "timeout_seconds": 60,
+            "retry_backoff": 10.0,
+            "retry_backoff_max": 3600.0,
+            # Half the claimable jobs are due, half scheduled in the future.
+            "due_at": now - 3600 + (i % 7200),
+            "created_at": now - N_JOBS + i,
+            "modified_at": now - N_JOBS + i,
+        }
+        for i in range(N_JOBS)
+    ]
+    with engine.store.transaction() as conn:
+        conn.execute(insert(jobs), rows)
+    with engine.store.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")  # static text
+        conn.commit()
+
+
+@contextmanager
+def captured(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the store sends to the driver, with its parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                 executemany: bool) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine.store.engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.store.engine, "before_cursor_execute", listener)
+
+
+def plan(conn: Connection, statement: str, parameters: Any) -> str:
+    """EXPLAIN (PostgreSQL) or EXPLAIN QUERY PLAN (SQLite) of a driver-level
+    statement with its bound parameters, as text."""
+    prefix = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    rows = conn.exec_driver_sql(prefix + statement, parameters).all()
+    return "\n".join(" ".join(str(c) for c in r) for r in rows)
+
+
+def plan_of(conn: Connection, stmt: Any) -> str:
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    if compiled.positiontup is not None:
+        params: Any = tuple(compiled.params[name] for name in compiled.positiontup)
+    else:
+        params = compiled.params
+    return plan(conn, compiled.string, params)
+
+
+def store_claim_plan(engine: Engine) -> str:
+    """The plan of the claim exactly as ``Store.claim_jobs`` issues it."""
+    with engine.store.engine.connect() as conn, captured(engine) as seen:
+        trans = conn.begin()
+        engine.store.claim_jobs(conn, "plan-test", 10, 30.0)
+        trans.rollback()
+    (statement, params), *_ = [(s, p) for s, p in seen if "lease_expires_at" in s
+                               and s.lstrip().upper().startswith("UPDATE")]
+    with engine.store.engine.connect() as conn:
+        return plan(conn, statement, params)
+
+
+def store_duplicate_lookup_plan(world: World) -> str:
+    """The plan of the twin lookup ``insert_job`` runs when a submission collides."""
+    first = world.submit(parameters={"plan": "dup"})
+    with captured(world.engine) as seen, pytest.raises(DuplicateJob) as info:
+        world.submit(parameters={"plan": "dup"})
+    assert info.value.existing_job_id == first.id
+    lookups = [(s, p) for s, p in seen
+               if s.lstrip().upper().startswith("SELECT") and "job_hash" in s
+               and "INSERT" not in s.upper()]
+    assert lookups, [s for s, _ in seen]
+    statement, params = lookups[-1]
+    with world.engine.store.engine.connect() as conn:
+        return plan(conn, statement, params)
+
+
+def brief_claim_query() -> Any:
+    return (
+        select(jobs.c.id)
+        .where(jobs.c.status.in_(["queued", "retrying"]), jobs.c.due_at <= db_now())
+        .order_by(jobs.c.priority, jobs.c.due_at)
+        .limit(10)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def predicate_claim_query() -> Any:
+    """The claim written with the index's own predicate text (static SQL)."""
+    return (
+        select(jobs.c.id)
+        .where(CLAIMABLE_PREDICATE, jobs.c.due_at <= db_now())
+        .order_by(jobs.c.priority, jobs.c.due_at)
+        .limit(10)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def predicate_duplicate_lookup(job_hash: str) -> Any:
+    return select(jobs.c.id).where(jobs.c.job_hash == job_hash, ACTIVE_HASH_PREDICATE)
+
+
+def bound_duplicate_lookup(job_hash: str) -> Any:
+    """The twin lookup as ``insert_job`` writes it."""
+    return select(jobs.c.id).where(
+        jobs.c.job_hash == job_hash,
+        jobs.c.deduplicate.is_(True),
+        jobs.c.status.in_(ACTIVE_VALUES),
+    )
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+
+@_apply(pg_only)
+def test_pg_claim_query_uses_the_claim_index(world: World) -> None:
+    seed(world.engine)
+    text = store_claim_plan(world.engine)
+    assert CLAIM_INDEX in text, text
+    assert "Seq Scan on background_jobs" not in text, text
+    with world.engine.store.engine.connect() as conn:
+        for stmt in (brief_claim_query(), predicate_claim_query()):
+            text = plan_of(conn, stmt)
+            assert CLAIM_INDEX in text, text
+            assert "LockRows" in text  # FOR UPDATE SKIP LOCKED kept
+
+
+@_apply(pg_only)
+def test_pg_duplicate_lookup_can_use_the_hash_index(world: World) -> None:
+    seed(world.engine)
+    with world.engine.store.engine.connect() as conn:
+        text = plan_of(conn, predicate_duplicate_lookup("ab" * 32))
+    assert HASH_INDEX in text, text
+
+
+@_apply(pg_only)
+@pytest.mark.xfail(
+    strict=True,
+    reason="src bug (performance): Store.insert_job's twin lookup (and retry_job's) "
+    "filters on `deduplicate IS true`, which PostgreSQL cannot match to the partial "
+    "index predicate `deduplicate AND status IN (...)`; the plan is a bitmap scan of "
+    "ix_background_jobs_status_modified over every active job instead of "
+    "ux_background_jobs_active_hash. Writing jobs.c.deduplicate (or "
+    "ACTIVE_HASH_PREDICATE) fixes it",
+)
+def test_pg_store_duplicate_lookup_uses_the_hash_index(world: World) -> None:
+    seed(world.engine)
+    text = store_duplicate_lookup_plan(world)
+    assert HASH_INDEX in text, text
+
+
+# -- SQLite ------------------------------------------------------------------------
+
+
+@sqlite_only
+def test_sqlite_index_predicates_are_usable(world: World) -> None:
+    """With the predicate text of the index, SQLite uses both partial indexes."""
+    seed(world.engine)
+    with world.engine.store.engine.connect() as conn:
+        claim = plan_of(conn, predicate_claim_query())
+        dup = plan_of(conn, predicate_duplicate_lookup("ab" * 32))
+    assert CLAIM_INDEX in claim, claim
+    assert "TEMP B-TREE" not in claim, claim
+    assert HASH_INDEX in dup, dup
+
+
+@sqlite_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="src bug (performance): Store._claimable writes `status IN (?, ?)` with "
+    "bound values; SQLite only uses a partial index when the query repeats the "
+    "index's WHERE terms literally, so the claim searches "
+    "ix_background_jobs_status_modified and sorts every claimable row in a temp "
+    "B-tree instead of reading ix_background_jobs_claim in order. Using "
+    "CLAIMABLE_PREDICATE (static text) in the claim fixes it",
+)
+def test_sqlite_store_claim_uses_the_claim_index(world: World) -> None:
+    seed(world.engine)
+    text = store_claim_plan(world.engine)
+    assert CLAIM_INDEX in text, text
+
+
+@sqlite_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="src bug (performance): Store.insert_job's twin lookup on SQLite "
+    "(`deduplicate IS 1 AND status IN (?, ?, ?, ?)`, bound values) cannot use the "
+    "partial index ux_background_jobs_active_hash and scans the whole "
+    "background_jobs table on every refused duplicate. ACTIVE_HASH_PREDICATE "
+    "(static text) fixes it",
+)
+def test_sqlite_store_duplicate_lookup_uses_the_hash_index(world: World) -> None:
+    seed(world.engine)
+    text = store_duplicate_lookup_plan(world)
+    assert HASH_INDEX in text, text
