@@ -138,7 +138,9 @@ class Engine:
             principal = self._principal(conn, actor)
             if not principal.can_submit(organization):
                 raise Forbidden(FORBIDDEN_ORG)
-            if principal.trusted and not self.store.organization_exists(conn, organization):
+            if principal.sees_everything and not self.store.organization_exists(
+                conn, organization
+            ):
                 raise ValidationError(
                     f"organization {organization!r} does not exist", field="organization"
                 )
@@ -171,6 +173,25 @@ class Engine:
             if status is Status.QUEUED:
                 self.store.notify_jobs_available(conn)
             return Job.from_row(row, deps)
+
+    def submit_jobs(
+        self,
+        job_type: str,
+        organization: str,
+        parameters_list: Sequence[dict[str, Any] | None],
+        *,
+        actor: str | None = None,
+        priority: str | None = None,
+        tx: Connection | None = None,
+    ) -> list[Job]:
+        """Submit many jobs of one type in one transaction: all are accepted, or
+        none (a duplicate among them raises ``DuplicateJob`` and nothing is kept)."""
+        with self._write(tx) as conn:
+            return [
+                self.submit_job(job_type, organization, params, actor=actor,
+                                priority=priority, tx=conn)
+                for params in parameters_list
+            ]
 
     @staticmethod
     def _validate_depends_on(depends_on: Sequence[str] | None) -> list[str]:
@@ -311,7 +332,8 @@ class Engine:
                 "full_name": user["full_name"],
                 "roles": principal.roles,
                 "organizations": [
-                    {"name": org, "role": role} for org, role in sorted(principal.memberships.items())
+                    {"name": org, "role": role}
+                    for org, role in sorted(principal.memberships.items())
                 ],
             }
 

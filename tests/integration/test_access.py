@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from dartwing_jobs import Engine, Forbidden, Job, NotFound, Unauthorized
 from dartwing_jobs.domain.errors import DartwingError, ValidationError
@@ -268,13 +267,6 @@ def test_outsider_cannot_manage_job_types_or_people(acme: AcmeWorld) -> None:
     assert eng.job_types.register("x", handler="tests.handlers:noop", actor=World.SM)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="src bug: Engine.submit_job checks that the organization exists only for "
-    "trusted code (actor=None); a System Manager submitting to a missing organization "
-    "gets a raw sqlalchemy IntegrityError (foreign key) instead of a typed error",
-)
 def test_system_manager_submitting_to_a_missing_organization_gets_a_typed_error(
         acme: AcmeWorld) -> None:
     with pytest.raises(ValidationError):
