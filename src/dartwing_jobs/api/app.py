@@ -5,7 +5,7 @@ status codes, so the Python API, the CLI and HTTP can never disagree."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -90,6 +90,9 @@ def _priority_label(value: int) -> str:
 
 
 def create_app(engine: Engine) -> FastAPI:
+    """Routes are closures over ``engine`` (no module-level state), so one process
+    can serve several apps, e.g. in tests. Their dependencies are therefore given
+    as parameter defaults: string annotations could not see the local names."""
     app = FastAPI(
         title="Dartwing Jobs",
         version="1",
@@ -119,12 +122,12 @@ def create_app(engine: Engine) -> FastAPI:
 
     @api.get("/jobs", response_model=JobPage, responses=_documented(403), tags=["jobs"])
     def list_jobs(
+        organization: Annotated[str | None, Query(max_length=140)] = None,
+        status: Annotated[list[StatusName] | None, Query()] = None,
+        job_type: Annotated[str | None, Query(max_length=140)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
         actor: str = Depends(user),
-        organization: str | None = Query(None, max_length=140),
-        status: list[StatusName] | None = Query(None),
-        job_type: str | None = Query(None, max_length=140),
-        limit: int = Query(50, ge=1, le=MAX_PAGE),
-        cursor: str | None = Query(None, max_length=512),
     ) -> dict[str, Any]:
         """Visible jobs, newest first; pass ``next_cursor`` back as ``cursor``."""
         jobs, next_cursor = engine.list_jobs(
