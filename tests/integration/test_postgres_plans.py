@@ -21,7 +21,7 @@ from sqlalchemy import event, insert, select
 from sqlalchemy.engine import Connection
 
 from dartwing_jobs import DuplicateJob, Engine
-from dartwing_jobs.store.base import ACTIVE_VALUES
+from dartwing_jobs.domain.statuses import ACTIVE
 from dartwing_jobs.store.clock import db_now
 from dartwing_jobs.store.schema import (
     ACTIVE_HASH_PREDICATE,
@@ -30,6 +30,7 @@ from dartwing_jobs.store.schema import (
 )
 from tests.conftest import World
 
+ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
 N_JOBS = 20_000
 CLAIM_INDEX = "ix_background_jobs_claim"
 HASH_INDEX = "ux_background_jobs_active_hash"
@@ -203,15 +204,6 @@ def test_pg_duplicate_lookup_can_use_the_hash_index(world: World) -> None:
 
 
 @_apply(pg_only)
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug (performance): Store.insert_job's twin lookup (and retry_job's) "
-    "filters on `deduplicate IS true`, which PostgreSQL cannot match to the partial "
-    "index predicate `deduplicate AND status IN (...)`; the plan is a bitmap scan of "
-    "ix_background_jobs_status_modified over every active job instead of "
-    "ux_background_jobs_active_hash. Writing jobs.c.deduplicate (or "
-    "ACTIVE_HASH_PREDICATE) fixes it",
-)
 def test_pg_store_duplicate_lookup_uses_the_hash_index(world: World) -> None:
     seed(world.engine)
     text = store_duplicate_lookup_plan(world)
@@ -234,15 +226,6 @@ def test_sqlite_index_predicates_are_usable(world: World) -> None:
 
 
 @sqlite_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug (performance): Store._claimable writes `status IN (?, ?)` with "
-    "bound values; SQLite only uses a partial index when the query repeats the "
-    "index's WHERE terms literally, so the claim searches "
-    "ix_background_jobs_status_modified and sorts every claimable row in a temp "
-    "B-tree instead of reading ix_background_jobs_claim in order. Using "
-    "CLAIMABLE_PREDICATE (static text) in the claim fixes it",
-)
 def test_sqlite_store_claim_uses_the_claim_index(world: World) -> None:
     seed(world.engine)
     text = store_claim_plan(world.engine)
@@ -250,14 +233,6 @@ def test_sqlite_store_claim_uses_the_claim_index(world: World) -> None:
 
 
 @sqlite_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug (performance): Store.insert_job's twin lookup on SQLite "
-    "(`deduplicate IS 1 AND status IN (?, ?, ?, ?)`, bound values) cannot use the "
-    "partial index ux_background_jobs_active_hash and scans the whole "
-    "background_jobs table on every refused duplicate. ACTIVE_HASH_PREDICATE "
-    "(static text) fixes it",
-)
 def test_sqlite_store_duplicate_lookup_uses_the_hash_index(world: World) -> None:
     seed(world.engine)
     text = store_duplicate_lookup_plan(world)

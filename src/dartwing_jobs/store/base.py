@@ -34,14 +34,14 @@ from ..domain.errors import Conflict, DuplicateJob, InvalidState
 from ..domain.outcomes import Outcome, OutcomeKind
 from ..domain.retry import retry_delay
 from ..domain.statuses import (
-    ACTIVE,
     CANCELABLE_AT_ONCE,
-    CLAIMABLE,
     RETRYABLE_BY_HAND,
     Status,
 )
 from .clock import db_now
 from .schema import (
+    ACTIVE_HASH_PREDICATE,
+    CLAIMABLE_PREDICATE,
     api_tokens,
     job_dependencies,
     job_events,
@@ -53,8 +53,6 @@ from .schema import (
     persons,
     users,
 )
-
-ACTIVE_VALUES = sorted(s.value for s in ACTIVE)
 
 
 def new_id() -> str:
@@ -323,8 +321,7 @@ class Store:
             twin = conn.execute(
                 select(jobs.c.id).where(
                     jobs.c.job_hash == values["job_hash"],
-                    jobs.c.deduplicate.is_(True),
-                    jobs.c.status.in_(ACTIVE_VALUES),
+                    ACTIVE_HASH_PREDICATE,
                 )
             ).scalar()
             if twin is not None:
@@ -454,8 +451,7 @@ class Store:
             twin = conn.execute(
                 select(jobs.c.id).where(
                     jobs.c.job_hash == current["job_hash"],
-                    jobs.c.deduplicate.is_(True),
-                    jobs.c.status.in_(ACTIVE_VALUES),
+                    ACTIVE_HASH_PREDICATE,
                 )
             ).scalar()
             raise DuplicateJob(twin or "") from None
@@ -551,7 +547,8 @@ class Store:
 
     def _claimable(self, job_type_filter: Sequence[str] | None) -> Any:
         stmt = select(jobs.c.id).where(
-            jobs.c.status.in_([s.value for s in CLAIMABLE]), jobs.c.due_at <= db_now()
+            # The index's own predicate text, so both planners match the partial index.
+            CLAIMABLE_PREDICATE, jobs.c.due_at <= db_now()
         )
         if job_type_filter:
             stmt = stmt.where(jobs.c.job_type.in_(list(job_type_filter)))
@@ -580,7 +577,7 @@ class Store:
         rows = conn.execute(
             update(jobs)
             .where(jobs.c.id.in_(chosen.scalar_subquery()),
-                   jobs.c.status.in_([s.value for s in CLAIMABLE]))
+                   CLAIMABLE_PREDICATE)
             .values(
                 status=Status.RUNNING.value,
                 attempts=jobs.c.attempts + 1,

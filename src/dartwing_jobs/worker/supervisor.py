@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -81,6 +82,10 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._slots: list[Slot] = []
         self._outcomes: list[Outcome] = []
+        # Claimed but not yet handed to a child: short jobs are prefetched so that
+        # one transaction writes the last outcomes and claims the next jobs.
+        self._buffer: deque[RowMapping] = deque()
+        self._recent_duration: float | None = None  # moving average, seconds
         self._progress: dict[str, tuple[int, float, str | None]] = {}
         self._job_types: dict[str, RowMapping] = {}
         self._job_types_loaded = 0.0
@@ -140,6 +145,10 @@ class Supervisor:
         now = time.monotonic()
         if self._stop_deadline is None:
             self._stop_deadline = now + self.options.shutdown_grace
+        if self._buffer:  # never started: give them back at once
+            buffered = [(r["id"], r["attempts"]) for r in self._buffer]
+            if self._db(lambda conn: self.store.return_to_queue(conn, buffered)) is not None:
+                self._buffer.clear()
         busy = [s for s in self._slots if s.busy]
         if busy and (self._stop_now or now >= self._stop_deadline):
             returned = []
@@ -156,14 +165,14 @@ class Supervisor:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if not self._stopping and now >= self._next_poll and self._free_slots():
-            claimed = self._claim()
-            # Keep claiming without waiting while there is work.
-            self._next_poll = now if claimed else now + self.poll_interval
+        self._dispatch_buffer()
+        want = self._want()
+        if self._outcomes or (want and now >= self._next_poll):
+            self._exchange(want, now)
+            self._dispatch_buffer()
         self._wait(self._timeout(now))
         now = time.monotonic()
         self._enforce_deadlines(now)
-        self._flush_outcomes()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.options.heartbeat_interval
             self._heartbeat(now)
@@ -171,10 +180,55 @@ class Supervisor:
             self._next_rescue = now + max(1.0, self.lease / 3)
             self._db(lambda conn: self.engine.rescue_expired_leases(conn=conn))
 
+    def _want(self) -> int:
+        """How many jobs to claim now: one per free child, plus a prefetch while
+        recent jobs were short (long jobs are not hoarded from other workers)."""
+        if self._stopping:
+            return 0
+        free = len(self._free_slots())
+        short = self._recent_duration is not None and self._recent_duration < 0.05
+        extra = 8 * self.options.concurrency if short else 0
+        return max(0, min(self.options.claim_batch, free + extra - len(self._buffer)))
+
+    def _exchange(self, want: int, now: float) -> None:
+        """One transaction: write the finished attempts (group commit) and claim
+        the next jobs. On a database error both stay to be tried again."""
+        batch = list(self._outcomes)
+        filter_types = self.options.job_types
+        if not batch and not self._db(
+            lambda conn: self.store.has_due_jobs(conn, filter_types), read=True
+        ):
+            self._next_poll = now + self.poll_interval
+            return
+
+        def work(conn: Any) -> list[RowMapping]:
+            if batch:
+                self.store.record_outcomes(conn, batch)
+            if not want:
+                return []
+            return self.store.claim_jobs(conn, self.worker_id, want, self.lease, filter_types)
+
+        rows = self._db(work)
+        if rows is None:
+            self._next_poll = now + self.poll_interval
+            return
+        del self._outcomes[: len(batch)]
+        self.completed_count += len(batch)
+        self._buffer.extend(rows)
+        # A full claim suggests more is waiting: ask again without sleeping.
+        self._next_poll = now if want and len(rows) == want else now + self.poll_interval
+
+    def _dispatch_buffer(self) -> None:
+        free = self._free_slots()
+        while self._buffer and free:
+            self._dispatch(free.pop(0), self._buffer.popleft())
+
     def _timeout(self, now: float) -> float:
         candidates = [self._next_heartbeat - now]
-        if not self._stopping and self._free_slots():
+        if self._want():
             candidates.append(self._next_poll - now)
+        if self._buffer and self._free_slots():
+            candidates.append(0.0)
         for slot in self._slots:
             for moment in (slot.deadline, slot.kill_at):
                 if moment is not None:
@@ -204,23 +258,6 @@ class Supervisor:
         return [s for s in self._slots if s.ready and not s.busy]
 
     # -- claiming and dispatching ------------------------------------------
-
-    def _claim(self) -> int:
-        free = self._free_slots()
-        filter_types = self.options.job_types
-
-        def claim(conn: Any) -> list[RowMapping]:
-            return self.store.claim_jobs(
-                conn, self.worker_id, min(len(free), self.options.claim_batch),
-                self.lease, filter_types,
-            )
-
-        if not self._db(lambda conn: self.store.has_due_jobs(conn, filter_types), read=True):
-            return 0
-        rows = self._db(claim) or []
-        for slot, row in zip(free, rows, strict=False):
-            self._dispatch(slot, row)
-        return len(rows)
 
     def _dispatch(self, slot: Slot, job: RowMapping) -> None:
         slot.job = job
@@ -284,6 +321,9 @@ class Supervisor:
                     continue  # an attempt we already gave up on (timeout or cancel)
                 if self._failpoint == "before_completion_write":
                     os._exit(70)
+                seconds = duration / 1000.0
+                self._recent_duration = seconds if self._recent_duration is None else (
+                    0.8 * self._recent_duration + 0.2 * seconds)
                 self._outcomes.append(Outcome(
                     job_id=job_id, attempt=attempt, kind=OutcomeKind(outcome),
                     worker_id=label, started_at=started, duration_ms=duration, result=result,
@@ -349,7 +389,7 @@ class Supervisor:
 
     def _heartbeat(self, now: float) -> None:
         busy = [s for s in self._slots if s.busy]
-        held = [s.attempt for s in busy]
+        held = [s.attempt for s in busy] + [(r["id"], r["attempts"]) for r in self._buffer]
         progress = [(job_id, a, p, m) for job_id, (a, p, m) in self._progress.items()]
         self._progress.clear()
         renew = now >= self._next_renewal
@@ -380,6 +420,8 @@ class Supervisor:
                     self._kill(slot)
                     self._release(slot)
                     self._replace(slot)
+            self._buffer = deque(r for r in self._buffer if r["id"] in kept)
+        self._cancel_buffered(cancels)
         grace = float(self.settings.cancel_grace_seconds)
         for slot in busy:
             if slot.busy and slot.attempt[0] in cancels and slot.kill_at is None:
@@ -388,6 +430,16 @@ class Supervisor:
                     slot.conn.send(("cancel", slot.attempt[0]))
                 except (OSError, EOFError):
                     self._child_died(slot)
+
+    def _cancel_buffered(self, cancels: set[str]) -> None:
+        """A job canceled while still in the buffer never starts."""
+        for row in [r for r in self._buffer if r["id"] in cancels]:
+            self._buffer.remove(row)
+            self._outcomes.append(Outcome(
+                job_id=row["id"], attempt=row["attempts"], kind=OutcomeKind.CANCELED,
+                worker_id=self.worker_id, started_at=time.time(), duration_ms=0.0,
+                error_type="canceled", error_message="canceled before it started",
+            ))
 
     def _abandon_all(self, reason: str) -> None:
         """Stop every attempt before its lease can expire: a rescuer may soon run
@@ -398,6 +450,7 @@ class Supervisor:
                 self._kill(slot)
                 self._release(slot)
                 self._replace(slot)
+        self._buffer.clear()
         self._outcomes.clear()
 
     # -- outcomes ----------------------------------------------------------
