@@ -4,6 +4,7 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -455,3 +456,59 @@ def test_every_response_carries_a_request_id(api: Api) -> None:
     first = api.get("/me", World.MEMBER).headers["X-Request-ID"]
     second = api.get("/me", World.MEMBER).headers["X-Request-ID"]
     assert first and second and first != second
+
+
+# -- a real server ------------------------------------------------------------------------
+
+_SERVE = """
+import sys
+from dartwing_jobs import Engine
+from dartwing_jobs.server import serve
+
+class Probe:
+    def start(self): print("service started", flush=True)
+    def stop(self): print("service stopped", flush=True)
+
+serve(Engine(sys.argv[1], handler_modules="tests.handlers"), "127.0.0.1", 0, 0,
+      extra_services=[Probe()], log_level="warning")
+"""
+
+
+def test_serve_prints_its_url_answers_and_stops_on_ctrl_c(
+        world: World, database_url: str) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    token = world.engine.create_token(World.MEMBER)["token"]
+    job = world.submit(actor=World.MEMBER)
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, database_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines[0].strip() == "service started", lines
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", lines[1])
+        assert match, lines
+        url = match.group(0).rstrip("/")
+        for _ in range(100):
+            try:
+                health = httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert health.json() == {"status": "ok", "database": "ok"}
+        listed = httpx.get(f"{url}/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+        assert [j["id"] for j in listed.json()["items"]] == [job.id]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "service stopped" in out
+        assert "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
