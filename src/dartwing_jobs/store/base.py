@@ -665,8 +665,13 @@ class Store:
         events: list[dict[str, Any]] = []
         completed: list[str] = []
         failed: list[tuple[str, str]] = []
+        successes = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
+        applied = self._complete_many(conn, successes) if successes else {}
         for outcome in outcomes:
-            row = self._apply_outcome(conn, outcome)
+            if outcome.kind is OutcomeKind.COMPLETED:
+                row = applied.get((outcome.job_id, outcome.attempt))
+            else:
+                row = self._apply_outcome(conn, outcome)
             if row is None:
                 continue
             written.append(outcome.job_id)
@@ -699,6 +704,17 @@ class Store:
         for parent, status in failed:
             self.cancel_dependents(conn, parent, status)
         return written
+
+    def _complete_many(
+        self, conn: Connection, outcomes: Sequence[Outcome]
+    ) -> dict[tuple[str, int], RowMapping]:
+        """Mark successful attempts completed; backends may do it in one statement."""
+        applied = {}
+        for outcome in outcomes:
+            row = self._apply_outcome(conn, outcome)
+            if row is not None:
+                applied[(row["id"], row["attempts"])] = row
+        return applied
 
     def _apply_outcome(self, conn: Connection, outcome: Outcome) -> RowMapping | None:
         fence = and_(jobs.c.id == outcome.job_id, jobs.c.attempts == outcome.attempt,

@@ -4,13 +4,18 @@ LOCKED`` lets many workers claim without blocking each other."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, Integer, String, column, create_engine, func, select, update, values
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
+from ..domain.outcomes import Outcome
+from ..domain.statuses import Status
 from .base import Store
+from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
@@ -48,6 +53,26 @@ class PostgresStore(Store):
 
     def _lock_for_claim(self, stmt: Any) -> Any:
         return stmt.with_for_update(skip_locked=True)
+
+    def _complete_many(
+        self, conn: Connection, outcomes: Sequence[Outcome]
+    ) -> dict[tuple[str, int], RowMapping]:
+        """One ``UPDATE ... FROM (VALUES ...)`` for a whole batch of successes,
+        fenced per row by (id, attempt, status) exactly like the one-row path."""
+        done = values(
+            column("id", String), column("attempt", Integer), column("result", JSONB),
+            name="done",
+        ).data([(o.job_id, o.attempt, o.result) for o in outcomes])
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == done.c.id, jobs.c.attempts == done.c.attempt,
+                   jobs.c.status == Status.RUNNING.value)
+            .values(status=Status.COMPLETED.value, result=done.c.result, progress=100.0,
+                    completed_at=db_now(), modified_at=db_now(), lease_expires_at=None,
+                    error_type=None, error_message=None, error_traceback=None)
+            .returning(*jobs.c)
+        ).mappings().all()
+        return {(r["id"], r["attempts"]): r for r in rows}
 
     def notify_jobs_available(self, conn: Connection) -> None:
         # Delivered at commit, and only if the transaction commits.

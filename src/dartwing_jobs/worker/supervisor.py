@@ -2,13 +2,15 @@
 leases, enforces timeouts and cancels by killing children, and writes outcomes in
 group commits.
 
-One thread runs the loop below; the only other thread listens for PostgreSQL
-notifications and merely wakes the loop. Every write the loop makes is fenced in
-SQL by (job id, attempt, status), so a late or duplicate write changes nothing.
+One thread runs the loop below (children, deadlines, leases, cancels); the
+``Exchanger`` thread writes outcomes and claims jobs; a third listens for
+PostgreSQL notifications and merely wakes the others. Every write is fenced in SQL
+by (job id, attempt, status), so a late or duplicate write changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -24,11 +26,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import DBAPIError
 
 from ..domain.outcomes import Outcome, OutcomeKind
 from ..engine import Engine
 from .child import child_main
+from .exchanger import Exchanger, in_transaction
 
 log = logging.getLogger("dartwing_jobs.worker")
 
@@ -66,7 +68,7 @@ class WorkerOptions:
     poll_interval: float | None = None  # seconds between idle polls; backend default
     heartbeat_interval: float = 0.25  # progress flush and cancel checks
     shutdown_grace: float = 30.0
-    claim_batch: int = 50
+    claim_batch: int = 100
 
 
 class Supervisor:
@@ -81,10 +83,10 @@ class Supervisor:
         self.poll_interval = self.options.poll_interval or (1.0 if postgres else 0.02)
         self._ctx = multiprocessing.get_context("spawn")
         self._slots: list[Slot] = []
-        self._outcomes: list[Outcome] = []
         # Claimed but not yet handed to a child: short jobs are prefetched so that
-        # one transaction writes the last outcomes and claims the next jobs.
+        # children never wait for a commit to get their next job.
         self._buffer: deque[RowMapping] = deque()
+        self._buffer_lock = threading.Lock()
         self._recent_duration: float | None = None  # moving average, seconds
         self._progress: dict[str, tuple[int, float, str | None]] = {}
         self._job_types: dict[str, RowMapping] = {}
@@ -99,9 +101,16 @@ class Supervisor:
         self._next_renewal = 0.0
         self._next_heartbeat = 0.0
         self._next_rescue = 0.0
-        self._next_poll = 0.0
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
-        self.completed_count = 0
+        self._exchanger = Exchanger(
+            self.store, self.worker_id, self.lease, self.options.job_types,
+            self.poll_interval, self._want, self._claimed,
+        )
+
+    @property
+    def completed_count(self) -> int:
+        """Outcomes written so far (any kind)."""
+        return self._exchanger.written
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -128,6 +137,7 @@ class Supervisor:
             self._listener = threading.Thread(target=self._listen, name="notify-listener",
                                               daemon=True)
             self._listener.start()
+        self._exchanger.start()
         try:
             while True:
                 if self._stopping and self._shutdown_step():
@@ -135,7 +145,7 @@ class Supervisor:
                 self._tick()
         finally:
             self._listener_stop.set()
-            self._flush_outcomes(final=True)
+            self._exchanger.stop()
             for slot in self._slots:
                 self._stop_child(slot)
             log.info("worker %s stopped", self.worker_id)
@@ -145,10 +155,14 @@ class Supervisor:
         now = time.monotonic()
         if self._stop_deadline is None:
             self._stop_deadline = now + self.options.shutdown_grace
+            self._exchanger.stop_claiming()
         if self._buffer:  # never started: give them back at once
-            buffered = [(r["id"], r["attempts"]) for r in self._buffer]
-            if self._db(lambda conn: self.store.return_to_queue(conn, buffered)) is not None:
+            with self._buffer_lock:
+                buffered = [(r["id"], r["attempts"]) for r in self._buffer]
                 self._buffer.clear()
+            if self._db(lambda conn: self.store.return_to_queue(conn, buffered)) is None:
+                log.warning("could not give back %d prefetched jobs; their leases will "
+                            "expire and they will be rescued", len(buffered))
         busy = [s for s in self._slots if s.busy]
         if busy and (self._stop_now or now >= self._stop_deadline):
             returned = []
@@ -156,23 +170,24 @@ class Supervisor:
                 returned.append(slot.attempt)
                 self._kill(slot)
                 slot.job = None
-            self._flush_outcomes(final=True)
+            self._exchanger.stop()
             self._db(lambda conn: self.store.return_to_queue(conn, returned))
             return True
-        return not busy and not self._outcomes
+        if not busy:
+            self._wait(0.05 if self._exchanger.pending() else 0.0)
+        else:
+            self._tick()
+        return not busy and not self._exchanger.pending()
 
     # -- the loop ----------------------------------------------------------
 
     def _tick(self) -> None:
         now = time.monotonic()
         self._dispatch_buffer()
-        want = self._want()
-        if self._outcomes or (want and now >= self._next_poll):
-            self._exchange(want, now)
-            self._dispatch_buffer()
         self._wait(self._timeout(now))
         now = time.monotonic()
         self._enforce_deadlines(now)
+        self._dispatch_buffer()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.options.heartbeat_interval
             self._heartbeat(now)
@@ -187,54 +202,32 @@ class Supervisor:
             return 0
         free = len(self._free_slots())
         short = self._recent_duration is not None and self._recent_duration < 0.05
-        extra = 8 * self.options.concurrency if short else 0
+        extra = self.options.claim_batch if short else 0
         return max(0, min(self.options.claim_batch, free + extra - len(self._buffer)))
 
-    def _exchange(self, want: int, now: float) -> None:
-        """One transaction: write the finished attempts (group commit) and claim
-        the next jobs. On a database error both stay to be tried again."""
-        batch = list(self._outcomes)
-        filter_types = self.options.job_types
-        if not batch and not self._db(
-            lambda conn: self.store.has_due_jobs(conn, filter_types), read=True
-        ):
-            self._next_poll = now + self.poll_interval
-            return
-
-        def work(conn: Any) -> list[RowMapping]:
-            if batch:
-                self.store.record_outcomes(conn, batch)
-            if not want:
-                return []
-            return self.store.claim_jobs(conn, self.worker_id, want, self.lease, filter_types)
-
-        rows = self._db(work)
-        if rows is None:
-            self._next_poll = now + self.poll_interval
-            return
-        del self._outcomes[: len(batch)]
-        self.completed_count += len(batch)
-        self._buffer.extend(rows)
-        # A full claim suggests more is waiting: ask again without sleeping.
-        self._next_poll = now if want and len(rows) == want else now + self.poll_interval
+    def _claimed(self, rows: list[RowMapping]) -> None:
+        """Called by the exchanger thread with freshly claimed jobs."""
+        with self._buffer_lock:
+            self._buffer.extend(rows)
+        self._wake()
 
     def _dispatch_buffer(self) -> None:
         free = self._free_slots()
-        while self._buffer and free:
-            self._dispatch(free.pop(0), self._buffer.popleft())
+        while free:
+            with self._buffer_lock:
+                if not self._buffer:
+                    return
+                row = self._buffer.popleft()
+            self._dispatch(free.pop(0), row)
 
     def _timeout(self, now: float) -> float:
         candidates = [self._next_heartbeat - now]
-        if self._want():
-            candidates.append(self._next_poll - now)
         if self._buffer and self._free_slots():
             candidates.append(0.0)
         for slot in self._slots:
             for moment in (slot.deadline, slot.kill_at):
                 if moment is not None:
                     candidates.append(moment - now)
-        if self._outcomes:
-            candidates.append(0.0)
         return max(0.0, min(candidates))
 
     def _wait(self, timeout: float) -> None:
@@ -246,7 +239,7 @@ class Supervisor:
             if ready is self._wake_r:
                 while self._wake_r.poll():
                     self._wake_r.recv_bytes()
-                self._next_poll = 0.0
+                self._exchanger.kick()
                 continue
             for slot in self._slots:
                 if ready is slot.conn:
@@ -324,7 +317,7 @@ class Supervisor:
                 seconds = duration / 1000.0
                 self._recent_duration = seconds if self._recent_duration is None else (
                     0.8 * self._recent_duration + 0.2 * seconds)
-                self._outcomes.append(Outcome(
+                self._exchanger.submit(Outcome(
                     job_id=job_id, attempt=attempt, kind=OutcomeKind(outcome),
                     worker_id=label, started_at=started, duration_ms=duration, result=result,
                     error_type=error["type"] if error else None,
@@ -336,7 +329,7 @@ class Supervisor:
     def _finish(self, slot: Slot, kind: OutcomeKind, result: Any,
                 error: dict[str, Any] | None) -> None:
         assert slot.job is not None
-        self._outcomes.append(Outcome(
+        self._exchanger.submit(Outcome(
             job_id=slot.job["id"], attempt=slot.job["attempts"], kind=kind,
             worker_id=f"{socket.gethostname()}:{slot.process.pid}",
             started_at=slot.started_epoch,
@@ -389,7 +382,9 @@ class Supervisor:
 
     def _heartbeat(self, now: float) -> None:
         busy = [s for s in self._slots if s.busy]
-        held = [s.attempt for s in busy] + [(r["id"], r["attempts"]) for r in self._buffer]
+        with self._buffer_lock:
+            buffered = [(r["id"], r["attempts"]) for r in self._buffer]
+        held = [s.attempt for s in busy] + buffered
         progress = [(job_id, a, p, m) for job_id, (a, p, m) in self._progress.items()]
         self._progress.clear()
         renew = now >= self._next_renewal
@@ -420,7 +415,10 @@ class Supervisor:
                     self._kill(slot)
                     self._release(slot)
                     self._replace(slot)
-            self._buffer = deque(r for r in self._buffer if r["id"] in kept)
+            lost = {job_id for job_id, _ in buffered} - set(kept)
+            if lost:
+                with self._buffer_lock:
+                    self._buffer = deque(r for r in self._buffer if r["id"] not in lost)
         self._cancel_buffered(cancels)
         grace = float(self.settings.cancel_grace_seconds)
         for slot in busy:
@@ -433,9 +431,12 @@ class Supervisor:
 
     def _cancel_buffered(self, cancels: set[str]) -> None:
         """A job canceled while still in the buffer never starts."""
-        for row in [r for r in self._buffer if r["id"] in cancels]:
-            self._buffer.remove(row)
-            self._outcomes.append(Outcome(
+        with self._buffer_lock:
+            canceled = [r for r in self._buffer if r["id"] in cancels]
+            for row in canceled:
+                self._buffer.remove(row)
+        for row in canceled:
+            self._exchanger.submit(Outcome(
                 job_id=row["id"], attempt=row["attempts"], kind=OutcomeKind.CANCELED,
                 worker_id=self.worker_id, started_at=time.time(), duration_ms=0.0,
                 error_type="canceled", error_message="canceled before it started",
@@ -450,26 +451,9 @@ class Supervisor:
                 self._kill(slot)
                 self._release(slot)
                 self._replace(slot)
-        self._buffer.clear()
-        self._outcomes.clear()
-
-    # -- outcomes ----------------------------------------------------------
-
-    def _flush_outcomes(self, final: bool = False) -> None:
-        """Group commit: every outcome gathered since the last flush in one
-        transaction. On a transient error they stay queued and are tried again."""
-        if not self._outcomes:
-            return
-        batch = list(self._outcomes)
-        attempts = 5 if final else 1
-        for i in range(attempts):
-            written = self._db(lambda conn: self.store.record_outcomes(conn, batch))
-            if written is not None:
-                del self._outcomes[: len(batch)]
-                self.completed_count += len(batch)
-                return
-            if i + 1 < attempts:
-                time.sleep(0.2 * (i + 1))
+        with self._buffer_lock:
+            self._buffer.clear()
+        self._exchanger.drop_pending()
 
     # -- child processes ---------------------------------------------------
 
@@ -497,10 +481,8 @@ class Supervisor:
 
     def _stop_child(self, slot: Slot, kill: bool = False) -> None:
         if not kill and slot.process.is_alive():
-            try:
+            with contextlib.suppress(OSError, EOFError):
                 slot.conn.send(("stop",))
-            except (OSError, EOFError):
-                pass
             slot.process.join(timeout=2)
         if slot.process.is_alive():
             slot.process.kill()
@@ -510,20 +492,11 @@ class Supervisor:
     # -- database access ---------------------------------------------------
 
     def _db(self, work: Any, read: bool = False) -> Any:
-        """Run ``work(conn)`` in one transaction; None when the database failed
-        (logged: the loop goes on and tries again later)."""
-        try:
-            with self.store.read() if read else self.store.transaction() as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            log.warning("database error (will retry): %s", str(exc).splitlines()[0])
-            return None
+        return in_transaction(self.store, work, read)
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send_bytes(b"1")
-        except OSError:
-            pass
 
     def _listen(self) -> None:
         """PostgreSQL LISTEN in its own connection: a submit wakes an idle worker
