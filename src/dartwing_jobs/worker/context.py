@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-class JobCanceled(BaseException):  # noqa: N818 - reads as the event it reports
+class JobCanceled(BaseException):
     """Raised inside a handler when its job was canceled. A ``BaseException`` like
     ``asyncio.CancelledError``, so a handler's ``except Exception`` does not
     swallow it."""
