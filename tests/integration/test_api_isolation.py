@@ -205,9 +205,6 @@ def test_unreachable_org_gives_one_403_whether_it_exists_or_not(scene: Scene, us
         assert own.json() == bodies[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: submit_job checks that the organization exists only for trusted callers, "
-    "so a System Manager's submission to a missing organization hits the foreign key"))
 def test_system_manager_submitting_to_a_missing_org_is_422(scene: Scene) -> None:
     response = scene.api.post("/jobs", SM, json={"job_type": "noop",
                                                  "organization": "no-such-organization"})
