@@ -412,6 +412,20 @@ def test_prometheus_metrics(api: Api, world: World) -> None:
     assert 'dartwing_jobs_jobs{priority="high",status="queued"} 1.0' in text
     assert 'dartwing_jobs_jobs{priority="normal",status="queued"} 2.0' in text
     assert "dartwing_jobs_oldest_due_seconds" in text
+    assert "dartwing_jobs_attempt_duration_seconds_count 0.0" in text
+
+
+def test_prometheus_attempts_and_durations(api: Api, engine: Engine) -> None:
+    job = submit(api).json()
+    add_log(engine, job["id"], "acme", attempt=1, outcome="failed")  # 1.5 s
+    add_log(engine, job["id"], "acme", attempt=2, outcome="completed")
+    text = api.client.get("/metrics").text
+    assert 'dartwing_jobs_attempts{outcome="failed"} 1.0' in text
+    assert 'dartwing_jobs_attempts{outcome="completed"} 1.0' in text
+    assert 'dartwing_jobs_attempt_duration_seconds_bucket{le="1.0"} 0.0' in text
+    assert 'dartwing_jobs_attempt_duration_seconds_bucket{le="5.0"} 2.0' in text
+    assert 'dartwing_jobs_attempt_duration_seconds_bucket{le="+Inf"} 2.0' in text
+    assert "dartwing_jobs_attempt_duration_seconds_sum 3.0" in text
 
 
 def test_openapi_and_docs(api: Api) -> None:

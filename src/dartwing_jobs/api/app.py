@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -65,6 +65,7 @@ class JobsCollector(Collector):
             counts = stats.job_counts(conn)
             attempts = stats.attempt_counts(conn)
             oldest = stats.oldest_due_age(conn)
+            buckets, count, total = stats.duration_histogram(conn)
         jobs = GaugeMetricFamily(
             "dartwing_jobs_jobs", "Jobs in the store by status and priority",
             labels=["status", "priority"])
@@ -77,6 +78,13 @@ class JobsCollector(Collector):
         for outcome, n in attempts:
             outcomes.add_metric([outcome], n)
         yield outcomes
+        yield HistogramMetricFamily(
+            "dartwing_jobs_attempt_duration_seconds",
+            "Duration of finished attempts (from the execution log)",
+            buckets=[*((repr(le), n) for le, n in zip(stats.DURATION_BUCKETS_SECONDS, buckets,
+                                                       strict=True)),
+                     ("+Inf", count)],
+            sum_value=total)
         yield GaugeMetricFamily(
             "dartwing_jobs_oldest_due_seconds",
             "How long the longest-waiting claimable job has been due", value=oldest)
