@@ -285,3 +285,18 @@ schedule_fires = Table(
     Column("job_id", String(36)),
     Column("fired_at", Epoch, nullable=False),
 )
+
+# One row per run of a periodic maintenance task (the daily retention cleanup):
+# the primary key (task, run_key) lets exactly one scheduler claim a given day's
+# run; ``finished_at`` stays NULL until it ends, so a run abandoned by a crashed
+# scheduler can be taken over once it is stale.
+maintenance_runs = Table(
+    "maintenance_runs",
+    metadata,
+    Column("task", String(64), primary_key=True),
+    Column("run_key", String(32), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("started_at", Epoch, nullable=False),
+    Column("finished_at", Epoch),
+    Column("rows_deleted", BigInteger),
+)
