@@ -10,8 +10,11 @@ a graceful shutdown) never leaves a worker running behind a closed API.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Sequence
+from types import FrameType
 from typing import Protocol
 
 import uvicorn
@@ -29,6 +32,20 @@ class Service(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def _interrupt_on_sigterm() -> None:
+    """uvicorn drains on SIGTERM, then re-raises the signal with the previous
+    handler in place; with the default handler that would kill the process before
+    the services below are stopped. Turning SIGTERM into ``KeyboardInterrupt``
+    routes it through the same clean path as Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -79,6 +96,7 @@ def serve(
         url = f"http://{shown_host}:{bound_port}"
         print(f"Dartwing Jobs serving on {url}/ (API {url}/api/v1, docs {url}/docs); "
               "Ctrl-C to stop", flush=True)
+        _interrupt_on_sigterm()
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown: still stop the services below

@@ -488,8 +488,9 @@ serve(Engine(sys.argv[1], handler_modules="tests.handlers"), "127.0.0.1", 0, 0,
 """
 
 
-def test_serve_prints_its_url_answers_and_stops_on_ctrl_c(
-        world: World, database_url: str) -> None:
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_serve_prints_its_url_answers_and_stops_cleanly(
+        world: World, database_url: str, stop_signal: str) -> None:
     import re
     import signal
     import subprocess
@@ -517,7 +518,7 @@ def test_serve_prints_its_url_answers_and_stops_on_ctrl_c(
         assert health.json() == {"status": "ok", "database": "ok"}
         listed = httpx.get(f"{url}/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
         assert [j["id"] for j in listed.json()["items"]] == [job.id]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop_signal))
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
         assert "service stopped" in out
