@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -542,6 +543,47 @@ def build_jobs(sub: SubParsers, common: argparse.ArgumentParser) -> None:
         ("logs", run_jobs_logs, "the job's execution log, one row per attempt"),
     ):
         leaf(jobs, name, common, run, help_text).add_argument("job_id", metavar="ID")
+
+
+# -- long-running processes ------------------------------------------------------
+
+
+def run_worker(ctx: Context) -> int:
+    from .worker.__main__ import options_from
+    from .worker.__main__ import run_worker as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run(ctx.engine, options_from(ctx.args))
+
+
+@command("worker")
+def build_worker(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    from .worker.__main__ import add_arguments
+
+    p = leaf(sub, "worker", common, run_worker,
+             "run a worker supervisor and its child processes until SIGTERM/SIGINT")
+    add_arguments(p)
+
+
+def run_serve(ctx: Context) -> int:
+    from .services import serve_all
+
+    if ctx.args.workers < 0:
+        raise CommandFailed("validation_error", "--workers must be 0 or more")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx.engine.migrate()
+    serve_all(ctx.engine, host=ctx.args.host, port=ctx.args.port, workers=ctx.args.workers)
+    return 0
+
+
+@command("serve")
+def build_serve(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = leaf(sub, "serve", common, run_serve,
+             "serve the API, dashboard and Socket.IO, with embedded workers and the scheduler")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2,
+                   help="embedded worker processes (0 for an API-only node)")
 
 
 # -- entry point -------------------------------------------------------------

@@ -1,0 +1,292 @@
+"""Worker throughput, enqueue rate and start latency, beside a minimal hand-written
+claim-and-complete loop on the same database in the same run (issue 3).
+
+    .venv/bin/python bench/worker_throughput.py [--jobs 10000] [--backends sqlite postgresql]
+
+Writes bench/results/worker-<timestamp>.json and prints a Markdown table. Quote
+the ratios: the machine is shared and absolute figures move from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, select
+
+from dartwing_jobs import Engine
+from dartwing_jobs.store.schema import jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    name = f"dwj_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # our own generated name
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children (KiB), from /proc."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def setup_engine(url: str) -> Engine:
+    engine = Engine(url, handler_modules="dartwing_jobs.demo", rate_limit_org_per_minute=0,
+                    rate_limit_user_per_minute=0)
+    engine.migrate()
+    engine.create_organization("bench")
+    engine.job_types.register("noop", handler="dartwing_jobs.demo:noop", deduplicate=False)
+    return engine
+
+
+def enqueue_rates(url: str, n: int) -> dict[str, float]:
+    engine = setup_engine(url)
+    t0 = time.perf_counter()
+    for i in range(n):
+        engine.submit_job("noop", "bench", {"i": i})
+    one = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    batch = 500
+    for start in range(0, n, batch):
+        engine.submit_jobs("noop", "bench", [{"i": i} for i in range(start, start + batch)])
+    bulk = n / (time.perf_counter() - t0)
+    engine.close()
+    return {"enqueue_one_by_one_per_s": one, "enqueue_bulk_per_s": bulk}
+
+
+def start_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DARTWING_JOBS_DATABASE_URL=url,
+               DARTWING_JOBS_HANDLER_MODULES="dartwing_jobs.demo")
+    return subprocess.Popen(
+        [sys.executable, "-m", "dartwing_jobs.worker", "--concurrency", str(concurrency)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+
+
+def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def processing(url: str, n: int, concurrency: int) -> dict[str, float]:
+    engine = setup_engine(url)
+    worker = start_worker(url, concurrency)
+    try:
+        time.sleep(3.0)  # let the children import and report ready
+        rss_start = rss_kib(worker.pid)
+        engine.submit_jobs("noop", "bench", [{"i": i} for i in range(n)])
+
+        def done() -> bool:
+            with engine.store.read() as conn:
+                count = conn.execute(select(func.count()).select_from(jobs)
+                                     .where(jobs.c.status == "completed")).scalar_one()
+            return bool(count >= n)
+
+        if not wait_until(done, 600):
+            raise RuntimeError("the worker did not finish the jobs")
+        rss_end = rss_kib(worker.pid)
+        with engine.store.read() as conn:
+            first, last = conn.execute(
+                select(func.min(jobs.c.started_at), func.max(jobs.c.completed_at))).one()
+        rate = n / (last - first)
+        latency = start_latency(engine, rate_per_s=100, seconds=5)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        engine.close()
+    return {"process_per_s": rate, "worker_rss_start_kib": rss_start,
+            "worker_rss_end_kib": rss_end, **latency}
+
+
+def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, float]:
+    """Submit at a steady rate to an idle worker; latency is the job's start (the
+    claim, by the database clock) minus its creation (same clock)."""
+    ids = []
+    interval = 1.0 / rate_per_s
+    next_at = time.perf_counter()
+    for i in range(int(rate_per_s * seconds)):
+        ids.append(engine.submit_job("noop", "bench", {"latency": i}).id)
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+
+    def all_done() -> bool:
+        with engine.store.read() as conn:
+            n = conn.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.id.in_(ids), jobs.c.status == "completed")).scalar_one()
+        return bool(n == len(ids))
+
+    wait_until(all_done, 60)
+    with engine.store.read() as conn:
+        rows = conn.execute(select(jobs.c.started_at - jobs.c.created_at)
+                            .where(jobs.c.id.in_(ids))).scalars().all()
+    ms = [r * 1000.0 for r in rows if r is not None]
+    return {"start_latency_p50_ms": pct(ms, 50), "start_latency_p99_ms": pct(ms, 99)}
+
+
+# -- the minimal hand-written loop -------------------------------------------------
+
+PG_LOOP_SCHEMA = (
+    "CREATE TABLE q (id bigserial PRIMARY KEY, status text NOT NULL DEFAULT 'queued', "
+    "priority int NOT NULL DEFAULT 2, created_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX q_claim ON q (priority, id) WHERE status = 'queued'",
+)
+PG_LOOP_CLAIM = (
+    "UPDATE q SET status = 'running' WHERE id IN (SELECT id FROM q WHERE status = 'queued' "
+    "ORDER BY priority, id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id"
+)
+PG_LOOP_DONE = "UPDATE q SET status = 'done' WHERE id = ANY(%s)"
+
+
+def pg_loop(url: str, n: int, per_tx: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS q")
+        for sql in PG_LOOP_SCHEMA:
+            conn.execute(sql)
+        conn.execute("INSERT INTO q (priority) SELECT 2 FROM generate_series(1, %s)", (n,))
+        t0 = time.perf_counter()
+        done = 0
+        while done < n:
+            with conn.transaction():
+                ids = [r[0] for r in conn.execute(PG_LOOP_CLAIM, (per_tx,)).fetchall()]
+                conn.execute(PG_LOOP_DONE, (ids,))
+            done += len(ids)
+        return n / (time.perf_counter() - t0)
+
+
+def sqlite_loop(url: str, n: int, per_tx: int) -> float:
+    path = url[len("sqlite:///"):]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("DROP TABLE IF EXISTS q")
+    conn.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, status TEXT NOT NULL DEFAULT 'queued', "
+                 "priority INT NOT NULL DEFAULT 2)")
+    conn.execute("CREATE INDEX q_claim ON q (priority, id) WHERE status = 'queued'")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO q (priority) VALUES (2)", [()] * n)
+    conn.execute("COMMIT")
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        conn.execute("BEGIN IMMEDIATE")
+        ids = [r[0] for r in conn.execute(
+            "UPDATE q SET status = 'running' WHERE id IN (SELECT id FROM q WHERE status = "
+            "'queued' ORDER BY priority, id LIMIT ?) RETURNING id", (per_tx,)).fetchall()]
+        conn.executemany("UPDATE q SET status = 'done' WHERE id = ?", [(i,) for i in ids])
+        conn.execute("COMMIT")
+        done += len(ids)
+    conn.close()
+    return n / (time.perf_counter() - t0)
+
+
+def loop_rates(url: str, n: int) -> dict[str, float]:
+    runner = pg_loop if url.startswith("postgresql") else sqlite_loop
+    return {"loop_1_per_tx_per_s": runner(url, min(n, 5000), 1),
+            "loop_50_per_tx_per_s": runner(url, n, 50)}
+
+
+def run(backend: str, n: int, concurrency: int) -> dict[str, Any]:
+    with database(backend) as url:
+        result: dict[str, Any] = {"backend": backend, "jobs": n, "concurrency": concurrency}
+        result.update(enqueue_rates(url, min(n, 2000)))
+    with database(backend) as url:
+        result.update(processing(url, n, concurrency))
+    with database(backend) as url:
+        if backend == "postgresql":
+            url = url.replace("postgresql+psycopg://", "postgresql://")
+        result.update(loop_rates(url, n))
+    result["process_vs_loop50"] = result["process_per_s"] / result["loop_50_per_tx_per_s"]
+    result["process_vs_loop1"] = result["process_per_s"] / result["loop_1_per_tx_per_s"]
+    return result
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| backend | enqueue 1-by-1/s | enqueue bulk/s | processed/s (2 procs) | "
+        "loop 1/tx /s | loop 50/tx /s | ours vs loop 50/tx | start p50 ms | start p99 ms | "
+        "worker RSS start→end MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['backend']} | {r['enqueue_one_by_one_per_s']:.0f} | "
+            f"{r['enqueue_bulk_per_s']:.0f} | {r['process_per_s']:.0f} | "
+            f"{r['loop_1_per_tx_per_s']:.0f} | {r['loop_50_per_tx_per_s']:.0f} | "
+            f"{100 * r['process_vs_loop50']:.1f}% | {r['start_latency_p50_ms']:.1f} | "
+            f"{r['start_latency_p99_ms']:.1f} | {r['worker_rss_start_kib'] / 1024:.0f}→"
+            f"{r['worker_rss_end_kib'] / 1024:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    args = parser.parse_args()
+    results = [run(b, args.jobs, args.concurrency) for b in args.backends]
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"worker-{stamp}.json").write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    print(f"\nmedian-free single run; raw figures in bench/results/worker-{stamp}.json")
+    _ = statistics  # kept for callers that aggregate several runs
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
