@@ -6,6 +6,7 @@ Waits are condition-based with deadlines; nothing sleeps for correctness."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,14 +14,22 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import socketio
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from sqlalchemy import insert, select
 
 from dartwing_jobs import Engine
 from dartwing_jobs.api import create_app
-from dartwing_jobs.realtime.outbox import OutboxEvent, OutboxReader, ProgressGuard
+from dartwing_jobs.realtime.outbox import (
+    OutboxEvent,
+    OutboxReader,
+    ProgressGuard,
+    notify_events,
+)
 from dartwing_jobs.realtime.server import RealtimeHub, create_realtime
 from dartwing_jobs.store.schema import job_events
 from tests.conftest import World
@@ -38,10 +47,13 @@ TIMEOUT = 20.0
 class Server:
     """uvicorn serving ``create_app(engine)`` with the hub mounted, in a thread."""
 
-    def __init__(self, engine: Engine, **options: Any) -> None:
+    def __init__(self, engine: Engine, *, sse: bool = False, **options: Any) -> None:
         options.setdefault("recheck_interval", 0.5)
         self.hub: RealtimeHub = create_realtime(engine, **options)
-        app = self.hub.asgi_app(create_app(engine))
+        api = create_app(engine)
+        if sse:
+            add_sse_route(api, self.hub)
+        app = self.hub.asgi_app(api)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -57,6 +69,59 @@ class Server:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.hub.stop()
+
+
+def add_sse_route(api: FastAPI, hub: RealtimeHub) -> None:
+    """What ``GET /api/v1/events`` is expected to look like (the API module owns
+    the real route); here under a test path."""
+
+    @api.get("/test/events")
+    async def events(request: Request, organization: str) -> StreamingResponse:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else None
+        last = request.headers.get("last-event-id")
+        since = int(last) if last and last.isdigit() else None
+        stream = await hub.open_stream(token, organization, since)
+        return StreamingResponse(stream.sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+
+class SSEReader:
+    """Reads an SSE response in a thread; ``events`` are (id, name, data)."""
+
+    def __init__(self, url: str, token: str, last_event_id: int | None = None) -> None:
+        self.events: list[tuple[int, str, dict[str, Any]]] = []
+        self.ended = threading.Event()
+        headers = {"Authorization": f"Bearer {token}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self._client = httpx.Client(timeout=httpx.Timeout(30, read=30))
+        self._response = self._client.send(
+            self._client.build_request("GET", url, headers=headers), stream=True)
+        self.status = self._response.status_code
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        fields: dict[str, str] = {}
+        try:
+            for line in self._response.iter_lines():
+                if line == "":
+                    if "data" in fields:
+                        self.events.append((int(fields.get("id", "0")), fields.get("event", ""),
+                                            json.loads(fields["data"])))
+                    fields = {}
+                elif not line.startswith(":") and ":" in line:
+                    key, _, value = line.partition(":")
+                    fields[key] = value.lstrip(" ")
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self._response.close()
+        self._client.close()
 
 
 class Client:
@@ -349,6 +414,73 @@ def test_two_servers_each_deliver_every_event(world: World, clients: list[Client
     finally:
         one.close()
         two.close()
+
+
+def test_notify_wakes_the_reader_on_postgres(world: World, backend: str,
+                                            clients: list[Client]) -> None:
+    """With polling made useless (30 s), an event inserted together with
+    ``notify_events`` in one transaction still arrives at once: LISTEN works."""
+    if backend != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    engine = world.engine
+    srv = Server(engine, poll_interval=30.0)
+    try:
+        wait_until(srv.hub.waker.listening.is_set, 10, "the LISTEN connection")
+        alice = connect(clients, srv.url, token_for(engine, World.MEMBER)["token"])
+        assert alice.subscribe("acme")["ok"]
+        with engine.store.transaction() as conn:
+            event_id = conn.execute(insert(job_events).values(**_event_row("woken"))
+                                    .returning(job_events.c.id)).scalar_one()
+            notify_events(conn)
+        alice.wait(lambda c: [e["event_id"] for e in c.job_events()] == [event_id],
+                   "the notified event", timeout=5)
+    finally:
+        srv.close()
+
+
+def test_server_sent_events_same_payloads_last_event_id_and_access(world: World) -> None:
+    engine = world.engine
+    srv = Server(engine, sse=True)
+    readers: list[SSEReader] = []
+    try:
+        url = f"{srv.url}/test/events?organization=acme"
+        member = token_for(engine, World.MEMBER)["token"]
+        for token in (token_for(engine, World.OTHER)["token"],
+                      token_for(engine, World.INACTIVE)["token"]):
+            refused = SSEReader(url, token)
+            readers.append(refused)
+            assert refused.status == 403
+        bogus = SSEReader(url, "dwj_nope_nope")
+        readers.append(bogus)
+        assert bogus.status == 401
+        made_up = SSEReader(f"{srv.url}/test/events?organization=made-up",
+                            token_for(engine, World.SM)["token"])
+        readers.append(made_up)
+        assert made_up.status == 403
+
+        first = SSEReader(url, member)
+        readers.append(first)
+        assert first.status == 200
+        job = submit(world)
+        wait_until(lambda: first.events, 10, "the first SSE event")
+        event_id, name, data = first.events[0]
+        assert name == "job_status" and data["job_id"] == job and data["event_id"] == event_id
+        first.close()
+        missed = [submit(world) for _ in range(2)]
+        submit(world, "globex")
+        again = SSEReader(url, member, last_event_id=event_id)
+        readers.append(again)
+        wait_until(lambda: len(again.events) >= 2, 10, "the missed events")
+        assert [e[0] for e in again.events] == db_event_ids(engine, "acme", after=event_id)
+        assert [e[2]["job_id"] for e in again.events] == missed
+
+        engine.set_member("acme", World.MEMBER, status="Inactive", create=False)
+        wait_until(again.ended.is_set, 5, "the stream of a deactivated member to end")
+        assert again.events[-1][1] == "unsubscribed"
+    finally:
+        for r in readers:
+            r.close()
+        srv.close()
 
 
 # -- the outbox reader ------------------------------------------------------------

@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from ..access import Principal, authenticate, resolve_principal
 from ..domain.errors import Unauthorized
 from ..engine import Engine
+from ..store.schema import job_events
 from .outbox import (
     Batch,
     OutboxEvent,
@@ -111,6 +114,7 @@ class RealtimeHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_recheck = 0.0
+        self._streams: dict[str, set[EventStream]] = {}  # organization -> open SSE streams
         self.delivered_batches = 0
         self._register_handlers()
 
@@ -231,6 +235,8 @@ class RealtimeHub:
             return _error("forbidden", FORBIDDEN_MESSAGE)
         room = room_of(organization)
         replayed = 0
+        if since is not None and since > self.reader.max_seen:
+            await self._catch_up(since)
         async with self._lock():
             with self._tlock:
                 already = organization in client.organizations
@@ -252,6 +258,22 @@ class RealtimeHub:
             answer["replayed"] = replayed
         return answer
 
+    async def _catch_up(self, since: int, timeout: float = 5.0) -> None:
+        """A client that saw events up to ``since`` through another server process
+        may be ahead of this process's reader: let the reader reach ``since``
+        first, so those events are not delivered to it again as live ones."""
+        top = await asyncio.to_thread(self._max_event_id)
+        target = min(since, top)
+        deadline = time.monotonic() + timeout
+        while self.reader.max_seen < target and time.monotonic() < deadline:
+            self.wake()
+            await asyncio.sleep(0.01)
+
+    def _max_event_id(self) -> int:
+        with self.store.read() as conn:
+            top = conn.execute(select(func.max(job_events.c.id))).scalar()
+        return int(top) if top is not None else 0
+
     async def _on_unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         if not isinstance(data, dict) or not isinstance(data.get("organization"), str):
             return _error("validation_error", "unsubscribe needs {\"organization\": \"<name>\"}")
@@ -262,6 +284,45 @@ class RealtimeHub:
             if client is not None:
                 client.organizations.discard(organization)
         return {"ok": True, "room": room_of(organization)}
+
+    # -- Server-Sent Events ------------------------------------------------
+
+    async def open_stream(self, token: str | None, organization: str,
+                          since: int | None = None) -> EventStream:
+        """The same events for an SSE endpoint (``GET /api/v1/events``). Raises
+        ``Unauthorized`` or ``Forbidden`` (before any byte is sent) exactly as
+        ``subscribe`` refuses; ``since`` is the ``Last-Event-ID``."""
+        from ..domain.errors import Forbidden
+
+        if not isinstance(token, str):
+            raise Unauthorized(UNAUTHORIZED_MESSAGE)
+        if not isinstance(organization, str) or not organization \
+                or len(organization) > MAX_ORGANIZATION_LENGTH:
+            problem: str | None = "forbidden"
+        else:
+            problem = await asyncio.to_thread(self._check_subscription, token, organization)
+        if problem == "unauthorized":
+            raise Unauthorized(UNAUTHORIZED_MESSAGE)
+        if problem is not None:
+            raise Forbidden(FORBIDDEN_MESSAGE)
+        if since is not None and since > self.reader.max_seen:
+            await self._catch_up(since)
+        stream = EventStream(self, token, organization)
+        async with self._lock():
+            if since is not None:
+                events = await asyncio.to_thread(
+                    self.reader.replay, organization, since, limit=self.replay_limit)
+                for event in ProgressGuard().filter(events):
+                    stream.push(event)
+            self._streams.setdefault(organization, set()).add(stream)
+        return stream
+
+    def _close_stream(self, stream: EventStream) -> None:
+        streams = self._streams.get(stream.organization)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._streams[stream.organization]
 
     # -- delivery ----------------------------------------------------------
 
@@ -274,6 +335,8 @@ class RealtimeHub:
                     continue
                 name, payload = event.socket_event()
                 await self.sio.emit(name, payload, room=event.room)
+                for stream in list(self._streams.get(event.organization, ())):
+                    stream.push(event)
 
     def _hand_over(self, batch: Batch) -> None:
         """Emit a batch in the event loop and wait until it is out; with no loop
@@ -287,15 +350,20 @@ class RealtimeHub:
                         self.guard.admit(event)
                     return
             future = asyncio.run_coroutine_threadsafe(self._deliver(batch), loop)
-            try:
-                future.result(timeout=5.0)
-                return
-            except concurrent.futures.TimeoutError:
-                if loop.is_running():
-                    continue  # a slow emit; keep waiting
-                future.cancel()
-            except concurrent.futures.CancelledError:
-                pass
+            while True:
+                try:
+                    future.result(timeout=1.0)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if loop.is_running() and not loop.is_closed():
+                        continue  # a slow emit, or a long replay holding the lock
+                    if not future.cancel() and future.done():
+                        return  # it ran after all
+                except concurrent.futures.CancelledError:
+                    pass
+                break
+            if self.reader.max_seen == batch.max_seen and batch.max_seen != 0:
+                return  # committed by the coroutine before the loop went away
             with self._tlock:
                 if self._loop is loop:
                     self._loop = None  # the loop ended under us; commit directly next
@@ -378,6 +446,69 @@ class RealtimeHub:
             return {sid: set(c.organizations) for sid, c in self._clients.items()}
 
 
+class EventStream:
+    """One SSE consumer: events of one organization, in delivery order. ``sse()``
+    yields the text of the ``text/event-stream`` body; it ends when the token
+    or the membership stops allowing it (re-checked every ``recheck_interval``)
+    or when the consumer falls more than ``max_queue`` events behind (the client
+    reconnects with ``Last-Event-ID`` and loses nothing)."""
+
+    def __init__(self, hub: RealtimeHub, token: str, organization: str,
+                 max_queue: int = 10_000) -> None:
+        self.hub = hub
+        self.token = token
+        self.organization = organization
+        self.max_queue = max_queue
+        self.queue: asyncio.Queue[OutboxEvent | None] = asyncio.Queue()
+        self.closed = False
+
+    def push(self, event: OutboxEvent) -> None:
+        if self.closed:
+            return
+        if self.queue.qsize() >= self.max_queue:
+            self.close()
+            self.queue.put_nowait(None)
+            return
+        self.queue.put_nowait(event)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub._close_stream(self)
+
+    async def _allowed(self) -> bool:
+        problem = await asyncio.to_thread(self.hub._check_subscription, self.token,
+                                          self.organization)
+        return problem is None
+
+    async def sse(self) -> AsyncIterator[str]:
+        try:
+            yield "retry: 2000\n\n"
+            interval = self.hub.recheck_interval
+            next_check = time.monotonic() + interval
+            while True:
+                now = time.monotonic()
+                if now >= next_check:
+                    if not await self._allowed():
+                        body = json.dumps({"organization": self.organization, "error": {
+                            "code": "forbidden", "message": FORBIDDEN_MESSAGE}})
+                        yield f"event: unsubscribed\ndata: {body}\n\n"
+                        return
+                    next_check = now + interval
+                try:
+                    event = await asyncio.wait_for(self.queue.get(),
+                                                   timeout=max(0.0, next_check - now))
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if event is None:
+                    return
+                name, payload = event.socket_event()
+                yield f"id: {event.id}\nevent: {name}\ndata: {json.dumps(payload)}\n\n"
+        finally:
+            self.close()
+
+
 def create_realtime(engine: Engine, **options: Any) -> RealtimeHub:
     return RealtimeHub(engine, **options)
 
@@ -390,4 +521,4 @@ def mount(app: Any, engine: Engine, **options: Any) -> tuple[ASGIApp, list[Realt
     return hub.asgi_app(app), [hub]
 
 
-__all__ = ["OutboxEvent", "RealtimeHub", "create_realtime", "mount"]
+__all__ = ["EventStream", "OutboxEvent", "RealtimeHub", "create_realtime", "mount"]
