@@ -586,6 +586,107 @@ def build_serve(sub: SubParsers, common: argparse.ArgumentParser) -> None:
                    help="embedded worker processes (0 for an API-only node)")
 
 
+def run_scheduler(ctx: Context) -> int:
+    from .scheduler.__main__ import options_from
+    from .scheduler.__main__ import run_scheduler as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run(ctx.engine, options_from(ctx.args))
+
+
+@command("scheduler")
+def build_scheduler(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    from .scheduler.__main__ import add_arguments
+
+    p = leaf(sub, "scheduler", common, run_scheduler,
+             "run the scheduler loop: dependencies, lease rescue, cron schedules, cleanup")
+    add_arguments(p)
+
+
+# -- schedules and cleanup -----------------------------------------------------
+
+
+def run_schedule_add(ctx: Context) -> int:
+    a = ctx.args
+    schedule = ctx.engine.schedules.add(
+        a.name, cron=a.cron, job_type=a.type, organization=a.org,
+        parameters=parse_params(a.params),
+    )
+    return ctx.created(schedule["name"], schedule)
+
+
+def run_schedule_list(ctx: Context) -> int:
+    items = ctx.engine.schedules.list()
+    if ctx.as_json:
+        ctx.emit_json({"items": items})
+        return 0
+    ctx.table(rows_table(
+        "schedules",
+        [(k, k.replace("_", " ")) for k in ("name", "cron", "job_type", "organization",
+                                             "enabled", "last_fired_at", "next_fire_at")],
+        items,
+    ))
+    return 0
+
+
+def run_schedule_remove(ctx: Context) -> int:
+    ctx.engine.schedules.remove(ctx.args.name)
+    if ctx.as_json:
+        ctx.emit_json({"ok": True, "name": ctx.args.name})
+    return 0
+
+
+@command("schedule")
+def build_schedule(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    sched = group(sub, "schedule", "periodic (cron) job schedules")
+    p = leaf(sched, "add", common, run_schedule_add, "add a periodic schedule")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--cron", required=True, help="cron expression (UTC)")
+    p.add_argument("--type", required=True, help="job type")
+    p.add_argument("--org", required=True, help="organization")
+    p.add_argument("--params", default=None, help="parameters as a JSON object")
+    leaf(sched, "list", common, run_schedule_list, "list schedules")
+    p = leaf(sched, "remove", common, run_schedule_remove, "remove a schedule")
+    p.add_argument("name", metavar="NAME")
+
+
+def run_cleanup(ctx: Context) -> int:
+    from rich.progress import Progress
+
+    a = ctx.args
+    stderr = ctx.console(sys.stderr)
+    with Progress(console=stderr, transient=True, disable=ctx.as_json) as bar:
+        tasks: dict[str, Any] = {}
+
+        def show(p: Any) -> None:
+            if p.phase not in tasks:
+                tasks[p.phase] = bar.add_task(f"deleting old {p.phase}", total=p.total or None)
+            bar.update(tasks[p.phase], completed=p.done, total=p.total or None)
+
+        result = ctx.engine.cleanup(retention_days=a.retention_days, batch_size=a.batch_size,
+                                    dry_run=a.dry_run, progress=show)
+    if ctx.as_json:
+        ctx.emit_json(result.to_dict())
+    elif a.dry_run:
+        ctx.line(f"dry run: {result.jobs_matched} job(s) and {result.events_matched} event(s) "
+                 "would be deleted")
+    else:
+        ctx.line(f"deleted {result.jobs_deleted} job(s) and {result.events_deleted} event(s) "
+                 f"in {result.batches} batch(es)")
+    return 0
+
+
+@command("cleanup")
+def build_cleanup(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = leaf(sub, "cleanup", common, run_cleanup,
+             "delete terminal jobs older than the retention, in batches")
+    p.add_argument("--retention-days", type=float, default=None,
+                   help="default: DARTWING_JOBS_RETENTION_DAYS (30)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per transaction (default: DARTWING_JOBS_CLEANUP_BATCH_SIZE)")
+    p.add_argument("--dry-run", action="store_true", help="count only, delete nothing")
+
+
 # -- entry point -------------------------------------------------------------
 
 

@@ -5,10 +5,11 @@ jobs). Also the default of ``DARTWING_JOBS_HANDLER_MODULES``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .domain.errors import Conflict, DuplicateJob
@@ -61,26 +62,23 @@ DEMO_JOB_TYPES: list[dict[str, Any]] = [
 
 def load_demo_data(engine: Engine) -> dict[str, str]:
     """Idempotent: run it on every start; returns fresh tokens for the demo users."""
-    for create in (
+    creators: list[Callable[[], object]] = [
         lambda: engine.create_organization(DEMO_ORG, title="Demo Organization"),
         lambda: engine.create_user(DEMO_ADMIN, full_name="Demo Admin", system_manager=True),
         lambda: engine.create_user(DEMO_MEMBER, full_name="Demo Member"),
         lambda: engine.set_member(DEMO_ORG, DEMO_MEMBER, role="member", create=True),
-    ):
-        try:
+    ]
+    for create in creators:
+        with contextlib.suppress(Conflict):
             create()
-        except Conflict:
-            pass
     existing = {t["name"] for t in engine.job_types.list()}
     missing = [t for t in DEMO_JOB_TYPES if t["name"] not in existing]
     if missing:
         engine.job_types.register_all(missing)
     for job_type, params in (("report", {"month": "2026-10"}), ("flaky", {}),
                              ("too_slow", {}), ("noop", {"hello": "world"})):
-        try:
+        with contextlib.suppress(DuplicateJob):
             engine.submit_job(job_type, DEMO_ORG, params, actor=DEMO_MEMBER)
-        except DuplicateJob:
-            pass
     return {
         "member": engine.create_token(DEMO_MEMBER, expires_in_days=30)["token"],
         "admin": engine.create_token(DEMO_ADMIN, expires_in_days=30)["token"],

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -36,9 +36,13 @@ from .domain.validation import (
     validate_parameters,
 )
 from .job_types import JobTypes
+from .schedules import Schedules
 from .store import Store, open_store
 from .store.base import new_id
 from .views import Job, iso, log_entry, organization_dict, parse_time
+
+if TYPE_CHECKING:
+    from .scheduler.retention_cleaner import CleanupProgress, CleanupResult
 
 MAX_PAGE = 200
 MEMBER_STATUSES = ("Active", "Inactive")
@@ -62,6 +66,7 @@ class Engine:
             pool_size=self.settings.pool_size,
             synchronous=self.settings.sqlite_synchronous,
         )
+        self.schedules = Schedules(self)
         self.job_types = JobTypes(
             self.store,
             lambda: self.settings.handler_prefixes,
@@ -319,6 +324,23 @@ class Engine:
                 for r in rows
             ]
             return len(self.store.record_outcomes(tx, outcomes))
+
+    def cleanup(
+        self,
+        *,
+        retention_days: float | None = None,
+        batch_size: int | None = None,
+        dry_run: bool = False,
+        progress: Callable[[CleanupProgress], None] | None = None,
+    ) -> CleanupResult:
+        """Retention cleanup on demand: terminal jobs older than the retention, with
+        their logs, events and dependency rows, one transaction per batch."""
+        from .scheduler.retention_cleaner import RetentionCleaner
+
+        return RetentionCleaner(self).cleanup(
+            retention_days=retention_days, batch_size=batch_size, dry_run=dry_run,
+            progress=progress,
+        )
 
     # -- identity (System Manager, or trusted code) ---------------------------
 

@@ -127,6 +127,7 @@ class JobTypes:
     ) -> list[dict[str, Any]]:
         """Register a whole configuration in one transaction: a name given twice,
         or any refused entry, stores nothing of it."""
+        self._require_system_manager(actor)
         seen: set[str] = set()
         prepared = []
         for config in configs:
@@ -148,6 +149,7 @@ class JobTypes:
         return rows
 
     def update(self, name: str, *, actor: str | None = None, **changes: Any) -> dict[str, Any]:
+        self._require_system_manager(actor)
         unknown = set(changes) - set(_CHANGEABLE)
         if unknown:
             raise ValidationError(f"unknown job type field(s): {', '.join(sorted(unknown))}")
@@ -177,6 +179,14 @@ class JobTypes:
     def list(self) -> list[dict[str, Any]]:
         with self._store.read() as conn:
             return [job_type_dict(r) for r in self._store.list_job_types(conn)]
+
+    def _require_system_manager(self, actor: str | None) -> None:
+        """Checked before validation: a caller without the right learns nothing from
+        validation errors and cannot make the server import handler modules."""
+        if actor is None:
+            return
+        with self._store.read() as conn:
+            self._principal_for(conn, actor).require_system_manager()
 
     @staticmethod
     def _check_backoff(values: Mapping[str, Any]) -> None:

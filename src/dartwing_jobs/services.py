@@ -42,13 +42,9 @@ def worker_service(engine: Engine, concurrency: int, shutdown_grace: float = 10.
 
 
 def embedded_services(engine: Engine, workers: int) -> list[ThreadService]:
-    services: list[ThreadService] = []
-    try:
-        from .scheduler import Scheduler
-    except ImportError:  # pragma: no cover - the scheduler package ships with us
-        Scheduler = None  # type: ignore[assignment,misc]  # noqa: N806
-    if Scheduler is not None:
-        services.append(ThreadService("scheduler", Scheduler(engine)))
+    from .scheduler import Scheduler
+
+    services: list[ThreadService] = [ThreadService("scheduler", Scheduler(engine))]
     if workers:
         services.append(worker_service(engine, workers))
     return services

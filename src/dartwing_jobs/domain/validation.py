@@ -76,6 +76,12 @@ def _check_string(text: str) -> None:
         raise ValidationError(
             "parameters may not contain the NUL character (\\u0000)", field="parameters"
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: not representable in UTF-8
+        raise ValidationError(
+            "parameters may not contain unpaired UTF-16 surrogates", field="parameters"
+        ) from exc
 
 
 def validate_name(value: Any, field: str) -> str:

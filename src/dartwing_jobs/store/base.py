@@ -464,7 +464,7 @@ class Store:
         return row
 
     @staticmethod
-    def _status_event(job: RowMapping, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def status_event(job: RowMapping, error: dict[str, Any] | None = None) -> dict[str, Any]:
         if error is None and job["error_type"] is not None:
             error = {"type": job["error_type"], "message": job["error_message"]}
         return {
@@ -486,7 +486,7 @@ class Store:
     def insert_status_event(
         self, conn: Connection, job: RowMapping, error: dict[str, Any] | None = None
     ) -> None:
-        self.insert_events(conn, [self._status_event(job, error)])
+        self.insert_events(conn, [self.status_event(job, error)])
 
     def promote_ready_dependents(self, conn: Connection, parent_id: str) -> list[str]:
         """Queue the pending dependents of ``parent_id`` whose every dependency has
@@ -589,7 +589,7 @@ class Store:
             )
             .returning(*jobs.c)
         ).mappings().all()
-        self.insert_events(conn, [self._status_event(r) for r in rows])
+        self.insert_events(conn, [self.status_event(r) for r in rows])
         return sorted(rows, key=lambda r: (r["priority"], r["due_at"], r["id"]))
 
     def renew_leases(
@@ -675,7 +675,7 @@ class Store:
             if row is None:
                 continue
             written.append(outcome.job_id)
-            events.append(self._status_event(row))
+            events.append(self.status_event(row))
             logs.append({
                 "job_id": outcome.job_id, "organization": row["organization"],
                 "job_type": row["job_type"], "attempt": outcome.attempt,

@@ -119,7 +119,7 @@ def promote_ready_pending(store: Store, conn: Connection, limit: int,
                 modified_at=db_now())
         .returning(*jobs.c)
     ).mappings().all()
-    store.insert_events(conn, [store._status_event(row) for row in rows])
+    store.insert_events(conn, [store.status_event(row) for row in rows])
     if rows:
         store.notify_jobs_available(conn)
     return [r["id"] for r in rows]
@@ -207,7 +207,7 @@ def cancel_doomed(store: Store, conn: Connection, doomed: Sequence[DoomedJob]) -
             )
             .returning(*jobs.c)
         ).mappings().all()
-        store.insert_events(conn, [store._status_event(row) for row in rows])
+        store.insert_events(conn, [store.status_event(row) for row in rows])
         canceled.extend(row["id"] for row in rows)
     return canceled
 
