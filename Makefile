@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DB ?= sqlite:///./var/dartwing_jobs.db
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit install clean bench
+.PHONY: run test lint unit install clean bench chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP) lint
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# Debian's chromium for the dashboard's browser tests (root on CI and dev machines).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
