@@ -516,8 +516,12 @@ def create_realtime(engine: Engine, **options: Any) -> RealtimeHub:
 def mount(app: Any, engine: Engine, **options: Any) -> tuple[ASGIApp, list[RealtimeHub]]:
     """Wrap the FastAPI ``app``: returns the ASGI app to serve (Socket.IO at
     ``/socket.io``, everything else to ``app``) and the services to start before
-    serving and stop after (``serve(..., extra_services=services)``)."""
+    serving and stop after (``serve(..., extra_services=services)``). The hub is
+    also left on ``app.state.realtime`` for an SSE route (``open_stream``)."""
     hub = create_realtime(engine, **options)
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.realtime = hub
     return hub.asgi_app(app), [hub]
 
 
