@@ -137,3 +137,65 @@ async def async_handler(ctx: JobContext) -> dict[str, Any]:
 
 
 NOT_CALLABLE = 42
+
+
+# -- added for the worker system tests (tests/system) -------------------------
+
+_fast_ledger_engine: SAEngine | None = None
+
+
+def _fast_ledger() -> SAEngine:
+    """The ledger without waiting for fsync on SQLite (the tests never lose power):
+    thousands of ledger rows must not slow the worker under test down."""
+    global _fast_ledger_engine
+    if _fast_ledger_engine is None:
+        eng = _ledger()
+        if eng.dialect.name == "sqlite":
+            from sqlalchemy import event
+
+            @event.listens_for(eng, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA synchronous=OFF")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+
+        _fast_ledger_engine = eng
+    return _fast_ledger_engine
+
+
+def record_beat(ctx: JobContext) -> dict[str, Any]:
+    """Like ``record`` but keeps ``ended`` fresh while it runs (every ``beat``
+    seconds), so a run that is killed still shows until when it was alive: the
+    ledger's ``[started, ended]`` is a lower bound of the real run and overlap
+    checks stay meaningful for killed runs. ``sleep <= 0`` writes one row only.
+    ``slow_first``: sleep only when the job has no earlier ledger row."""
+    eng = _fast_ledger()
+    started = time.time()
+    sleep = float(ctx.parameters.get("sleep", 0))
+    if ctx.parameters.get("slow_first"):
+        with eng.connect() as conn:
+            earlier = conn.execute(
+                ledger.select().where(ledger.c.job_id == ctx.job_id)
+            ).first()
+        if earlier is not None:
+            sleep = 0.0
+    if sleep <= 0:
+        with eng.begin() as conn:
+            conn.execute(insert(ledger).values(
+                job_id=ctx.job_id, attempt=ctx.attempt, pid=os.getpid(), started=started,
+                ended=time.time(),
+            ))
+        return {"attempt": ctx.attempt, "pid": os.getpid()}
+    beat = float(ctx.parameters.get("beat", 0.05))
+    with eng.begin() as conn:
+        row_id = conn.execute(insert(ledger).values(
+            job_id=ctx.job_id, attempt=ctx.attempt, pid=os.getpid(), started=started,
+            ended=started,
+        )).inserted_primary_key[0]
+    deadline = started + sleep
+    while (now := time.time()) < deadline:
+        time.sleep(min(beat, deadline - now))
+        with eng.begin() as conn:
+            conn.execute(update(ledger).where(ledger.c.id == row_id).values(ended=time.time()))
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
