@@ -536,7 +536,8 @@ def test_reader_delivers_events_committed_out_of_id_order(engine: Engine, backen
         t_doomed.rollback()
     delivered: list[int] = []
     wait_until(lambda: delivered.extend(e.id for e in reader.poll()) or not reader.pending_gaps,
-               5, "the rolled-back id to be given up")
+               # xmin is cluster-wide: other sessions' transactions may hold it back.
+               30, "the rolled-back id to be given up")
     assert doomed_id not in delivered and delivered == []
 
 
