@@ -38,9 +38,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..domain.priorities import Priority
-from ..domain.statuses import CLAIMABLE, Status
+from ..domain.statuses import Status
 from .clock import db_now
-from .schema import job_execution_log, job_types, jobs
+from .schema import CLAIMABLE_PREDICATE, job_execution_log, job_types, jobs
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50_ms", 0.5), ("p95_ms", 0.95))
 # Outcomes of an attempt that are not failures (SPEC 3: a canceled attempt was
@@ -80,7 +80,9 @@ def queue_depth_by_priority(conn: Connection, organization: str, now: float) -> 
         select(jobs.c.priority, func.count())
         .where(
             jobs.c.organization == organization,
-            jobs.c.status.in_(sorted(s.value for s in CLAIMABLE)),
+            # The partial index's own predicate, repeated as static text so that
+            # both planners can match it (a bound IN list cannot be proven to imply it).
+            CLAIMABLE_PREDICATE,
             jobs.c.due_at <= now,
         )
         .group_by(jobs.c.priority)

@@ -193,6 +193,18 @@ jobs = Table(
     Index("ix_background_jobs_status_modified", "status", "modified_at"),
     Index("ix_background_jobs_org_status_created", "organization", "status", "created_at"),
     Index("ix_background_jobs_org_created", "organization", "created_at", "id"),
+    # Per-organization metrics (migration 0003): jobs by status reads only this
+    # small deduplicated index; queue depth reads only the organization's claimable
+    # rows, by priority, bounded by due time. Both are index-only scans.
+    Index("ix_background_jobs_org_status", "organization", "status"),
+    Index(
+        "ix_background_jobs_org_claimable",
+        "organization",
+        "priority",
+        "due_at",
+        postgresql_where=CLAIMABLE_PREDICATE,
+        sqlite_where=CLAIMABLE_PREDICATE,
+    ),
 )
 
 job_dependencies = Table(
