@@ -182,7 +182,7 @@ def ledger_url(database_url: str, tmp_path: Path) -> str:
 def ledger_db(database_url: str, ledger_url: str) -> Iterator[Any]:
     """An SQLAlchemy engine on the test's database in which the ``ledger`` table is
     visible too (SQLite: attached), to check the invariants with plain SQL."""
-    eng = create_engine(sa_url(database_url))
+    eng = create_engine(sa_url(database_url), pool_pre_ping=True)
     if ledger_url == database_url:
         ledger_metadata.create_all(eng)
     else:

@@ -98,6 +98,7 @@ class Supervisor:
         self._listener: threading.Thread | None = None
         self._listener_stop = threading.Event()
         self._last_renewal_ok = time.monotonic()
+        self._db_since: float | None = None
         self._next_renewal = 0.0
         self._next_heartbeat = 0.0
         self._next_rescue = 0.0
@@ -138,6 +139,7 @@ class Supervisor:
                                               daemon=True)
             self._listener.start()
         self._exchanger.start()
+        threading.Thread(target=self._lease_watchdog, name="lease-watchdog", daemon=True).start()
         try:
             while True:
                 if self._stopping and self._shutdown_step():
@@ -492,7 +494,27 @@ class Supervisor:
     # -- database access ---------------------------------------------------
 
     def _db(self, work: Any, read: bool = False) -> Any:
-        return in_transaction(self.store, work, read)
+        self._db_since = time.monotonic()
+        try:
+            return in_transaction(self.store, work, read)
+        finally:
+            self._db_since = None
+
+    def _lease_watchdog(self) -> None:
+        """The loop cannot stop attempts while it hangs in a database call (a
+        network black hole: no error, no timeout). Then this thread kills the busy
+        children before their leases can expire; the loop sees them die."""
+        while not self._listener_stop.wait(0.1):
+            if self._db_since is None or (
+                    time.monotonic() - self._last_renewal_ok <= self.lease * 0.6):
+                continue
+            with self._buffer_lock:
+                self._buffer.clear()
+            for slot in list(self._slots):
+                if slot.job is not None and slot.process.is_alive():
+                    log.warning("database call hanging, leases not renewed; killing the "
+                                "child running job %s", slot.job["id"])
+                    slot.process.kill()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
