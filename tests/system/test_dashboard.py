@@ -10,9 +10,10 @@ Skipped with the reason when Playwright or chromium is missing, except under
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import json
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -189,10 +190,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         yield system
     finally:
         if worker is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             worker.wait(timeout=10)
         server.should_exit = True
         thread.join(timeout=15)

@@ -384,7 +384,7 @@ function viewJobs(root, ctx, params) {
       rows.set(job.id, entry);
       tbody.append(entry.tr);
     }
-    tableWrap.replaceChildren(h("table", { class: "jobs" },
+    tableWrap.replaceChildren(h("table", { class: "jobs job-list" },
       h("caption", { class: "sr-only" }, "Jobs, newest first"),
       h("thead", {}, h("tr", {}, ["Job", "Type", "Organization", "Status", "Progress", "Attempts", "Created"]
         .map((c) => h("th", { scope: "col" }, c)))),
@@ -549,7 +549,7 @@ function viewJob(root, ctx, id) {
       h("section", { class: "card span-2" }, h("h2", {}, "Progress"), b.progress, b.progressMessage),
       h("section", { class: "card" }, h("h2", {}, "Summary"), b.summary),
       h("section", { class: "card" }, h("h2", {}, "Parameters"), b.params),
-      h("section", { class: "card" }, h("h2", {}, "Outcome"), b.outcome),
+      h("section", { class: "card span-2" }, h("h2", {}, "Outcome"), b.outcome),
       h("section", { class: "card" }, h("h2", {}, "Checkpoint"), b.checkpoint),
       h("section", { class: "card" }, h("h2", {}, "Dependencies"), b.deps),
       h("section", { class: "card span-2" }, h("h2", {}, "Execution log"), b.logs));
@@ -794,7 +794,7 @@ function viewMetrics(root, ctx, params) {
       label: p, values: [{ value: depth[p] || 0, text: String(depth[p] || 0), cls: `fill-p-${p}` }],
     }));
     const pt = m.processing_time || {};
-    const timeRows = Object.keys(pt).sort().map((t) => ({
+    const timeRows = Object.keys(pt).sort().filter((t) => pt[t] && pt[t].count > 0).map((t) => ({
       label: t,
       values: [
         { value: pt[t].p50_ms || 0, text: `p50 ${fmtDuration(pt[t].p50_ms)}`, cls: "fill-p50" },
@@ -802,7 +802,7 @@ function viewMetrics(root, ctx, params) {
       ],
     }));
     const fr = m.failure_rate || {};
-    const failRows = Object.keys(fr).sort().map((t) => ({
+    const failRows = Object.keys(fr).sort().filter((t) => fr[t] && fr[t].attempts > 0).map((t) => ({
       label: t,
       values: [{ value: fr[t].rate || 0, text: `${((fr[t].rate || 0) * 100).toFixed(1)}% (${fr[t].failures}/${fr[t].attempts})`, cls: "fill-fail" }],
     }));
@@ -891,11 +891,11 @@ function viewDeadLetters(root, ctx, params) {
         h("td", { "data-label": "Type" }, job.job_type),
         h("td", { "data-label": "Organization" }, job.organization),
         h("td", { "data-label": "Last error", class: "cell-error" },
-          err.type ? [h("strong", {}, err.type), ": ", h("span", { title: err.message || "" }, (err.message || "").slice(0, 200))] : h("span", { class: "muted" }, "—")),
+          err.type ? h("div", {}, h("strong", {}, err.type), ": ", h("span", { title: err.message || "" }, (err.message || "").slice(0, 200))) : h("span", { class: "muted" }, "—")),
         h("td", { "data-label": "Attempts", class: "num" }, String(job.attempts)),
         h("td", { "data-label": "Failed" }, timeEl(job.completed_at)),
         h("td", { "data-label": "Action" }, may
-          ? h("button", { type: "button", class: "btn btn-small", "data-action": "retry", onclick: () => retry([job.id]) }, "Retry")
+          ? h("button", { type: "button", class: "btn btn-small", "data-action": "retry", "aria-label": `Retry job ${job.id}`, onclick: () => retry([job.id]) }, "Retry")
           : h("span", { class: "muted small" }, "not yours to retry"))));
     }
     tableWrap.replaceChildren(h("table", { class: "jobs dead" },
@@ -952,8 +952,11 @@ function viewDeadLetters(root, ctx, params) {
 
 function viewOrganizations(root) {
   const sm = isSystemManager();
+  const me = state.me;
   root.append(h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Organizations"),
-    h("p", { class: "muted small" }, sm ? "As a System Manager you see every organization." : "The organizations you are an active member of.")));
+    h("p", { class: "muted small" }, sm ? "As a System Manager you see every organization." : "The organizations you are an active member of.")),
+  h("p", { class: "signed-in-as" }, "Signed in as ", h("strong", {}, me.full_name || me.id),
+    me.full_name ? ` (${me.id})` : "", me.roles.length ? ` · roles: ${me.roles.join(", ")}` : ""));
   if (!state.organizations.length) {
     root.append(emptyState("No organizations",
       h("p", {}, "You are not an active member of any organization. Ask an administrator to add you, for example with ",
@@ -967,10 +970,10 @@ function viewOrganizations(root) {
       h("td", { "data-label": "Name", class: "mono" }, o.name),
       h("td", { "data-label": "Your role" }, roleIn(o.name) || (sm ? "System Manager" : "—")),
       h("td", { "data-label": "Created" }, timeEl(o.created_at)),
-      h("td", { "data-label": "Go to", class: "links" },
+      h("td", { "data-label": "Go to" }, h("div", { class: "links" },
         h("a", { href: hashFor("jobs", { org: o.name }) }, "Jobs"), " ",
         h("a", { href: hashFor("metrics", { org: o.name }) }, "Metrics"), " ",
-        h("a", { href: hashFor("dead-letters", { org: o.name }) }, "Dead letters"))))))));
+        h("a", { href: hashFor("dead-letters", { org: o.name }) }, "Dead letters")))))))));
 }
 
 // ---------------------------------------------------------------- router

@@ -5,11 +5,16 @@ import { h, s } from "./dom.js";
 
 const ROW = 26;
 const GROUP_GAP = 10;
-const LABEL_W = 132;
-const VALUE_W = 78;
-const WIDTH = 520;
 
-function truncate(text, max = 20) {
+/** Drawing sizes: on a phone the viewBox is about as wide as the screen, so text
+ * is drawn near its nominal size instead of being scaled down. */
+function sizes() {
+  return window.matchMedia("(max-width: 600px)").matches
+    ? { WIDTH: 340, LABEL_W: 98, VALUE_W: 96 }
+    : { WIDTH: 520, LABEL_W: 124, VALUE_W: 118 };
+}
+
+function truncate(text, max = 18) {
   const str = String(text);
   return str.length > max ? `${str.slice(0, max - 1)}…` : str;
 }
@@ -22,6 +27,7 @@ export function barChart({ title, rows, legend, max, emptyText }) {
   if (!rows.length) {
     return h("p", { class: "empty-chart" }, emptyText || "No data in this window.");
   }
+  const { WIDTH, LABEL_W, VALUE_W } = sizes();
   const perGroup = Math.max(...rows.map((r) => r.values.length));
   const barH = perGroup > 1 ? 14 : 18;
   const groupH = perGroup > 1 ? perGroup * (barH + 3) + GROUP_GAP : ROW;
