@@ -21,6 +21,7 @@ import uvicorn
 
 from .api import create_app
 from .engine import Engine
+from .realtime.server import mount as mount_realtime
 
 log = logging.getLogger("dartwing_jobs.server")
 
@@ -80,12 +81,13 @@ def serve(
         log.warning("%d worker(s) requested but no worker service is plugged in; "
                     "serving the API only", workers)
     app = create_app(engine)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+    asgi_app, realtime = mount_realtime(app, engine)
+    config = uvicorn.Config(asgi_app, host=host, port=port, log_level=log_level,
                             lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     started: list[Service] = []
     try:
-        for service in extra_services:
+        for service in [*realtime, *extra_services]:
             service.start()
             started.append(service)
         # Binding here (not inside uvicorn) lets port 0 pick a free port and the

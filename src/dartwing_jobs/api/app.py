@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -17,7 +18,7 @@ from prometheus_client.registry import Collector
 from ..domain.priorities import Priority
 from ..engine import MAX_PAGE, Engine
 from ..store import stats
-from .auth import current_user_dependency
+from .auth import bearer, current_user_dependency
 from .errors import error_response, install_error_handlers
 from .rate_limits import SubmissionLimiter
 from .schemas import (
@@ -191,6 +192,25 @@ def create_app(engine: Engine) -> FastAPI:
     @api.get("/me", response_model=Me, tags=["identity"])
     def me(actor: str = Depends(user)) -> dict[str, Any]:
         return engine.whoami(actor)
+
+    @api.get("/events", tags=["realtime"], response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}, **_documented(503)})
+    async def events(
+        request: Request,
+        organization: str,
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Any:
+        """Server-Sent Events of one organization's jobs (the same events as the
+        Socket.IO room); ``Last-Event-ID`` resumes after the last event seen."""
+        hub = getattr(request.app.state, "realtime", None)
+        if hub is None:
+            return error_response(503, "unavailable", "realtime events are not served here")
+        last = request.headers.get("last-event-id")
+        since = int(last) if last and last.isdigit() else None
+        token = credentials.credentials if credentials is not None else None
+        stream = await hub.open_stream(token, organization, since)
+        return StreamingResponse(stream.sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
 
     app.include_router(api)
 

@@ -48,14 +48,12 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from ..domain.statuses import TERMINAL
 from ..store.base import Store
+from ..store.postgres import EVENTS_CHANNEL  # notified by PostgresStore.insert_events
 from ..store.schema import job_events
 from ..views import iso
 
 log = logging.getLogger("dartwing_jobs.realtime.outbox")
 
-#: PostgreSQL channel that wakes outbox readers. Whoever inserts job events on
-#: PostgreSQL should ``NOTIFY`` it in the same transaction (see ``notify_events``).
-EVENTS_CHANNEL = "dartwing_jobs_events"
 #: Ids a fresh reader looks back below the current maximum for events that have
 #: not committed yet.
 STARTUP_LOOKBACK = 1000

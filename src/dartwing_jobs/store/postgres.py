@@ -19,6 +19,7 @@ from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
+EVENTS_CHANNEL = "dartwing_jobs_events"
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -73,6 +74,12 @@ class PostgresStore(Store):
             .returning(*jobs.c)
         ).mappings().all()
         return {(r["id"], r["attempts"]): r for r in rows}
+
+    def insert_events(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+        super().insert_events(conn, events)
+        if events:
+            # Wakes the realtime outbox readers at commit.
+            conn.execute(select(func.pg_notify(EVENTS_CHANNEL, "")))
 
     def notify_jobs_available(self, conn: Connection) -> None:
         # Delivered at commit, and only if the transaction commits.
