@@ -142,9 +142,11 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     engine.migrate()
     engine.create_organization("acme", title="Acme Corp")
     engine.create_organization("globex", title="Globex")
+    engine.create_organization("initech", title="Initech")  # never has a job
     people = {"alice": ("alice@acme.test", "acme", "member"),
               "adam": ("adam@acme.test", "acme", "admin"),
-              "olga": ("olga@globex.test", "globex", "member")}
+              "olga": ("olga@globex.test", "globex", "member"),
+              "ian": ("ian@initech.test", "initech", "member")}
     tokens = {}
     for key, (email, org, role) in people.items():
         engine.create_user(email, full_name=key.title())
@@ -432,6 +434,34 @@ def test_hostile_strings_are_shown_as_text(pages: Any, system: System) -> None:
     assert page.locator(".detail img").count() == 0
 
 
+def test_dependencies_link_both_ways_and_keyboard_reaches_them(
+        pages: Any, system: System) -> None:
+    from playwright.sync_api import expect
+
+    first = system.jobs["acme_done"]
+    with system.client("alice") as c:
+        r = c.post("/jobs", json={"job_type": "progress_steps", "organization": "acme",
+                                  "parameters": {"steps": 1, "after": first},
+                                  "depends_on": [first]})
+    assert r.status_code == 201, r.text
+    second = r.json()["id"]
+    page = pages("alice", path=f"#/jobs/{second}")
+    up = page.locator(".deps").get_by_role("link", name=first[:8])
+    expect(up).to_be_visible()
+    up.focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{system.url}/#/jobs/{first}")
+    down = page.locator(".deps").get_by_role("link", name=second[:8])
+    expect(down).to_be_visible()
+    # After a fresh load, Tab goes through the header first.
+    page.reload()
+    expect(page.locator(".head-status .badge[data-status]")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Dartwing\u00a0Jobs")
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Jobs")
+
+
 def test_sign_out_forgets_the_token(pages: Any, system: System) -> None:
     from playwright.sync_api import expect
 
@@ -488,8 +518,9 @@ def test_screenshots_of_every_view(pages: Any, browser: Any, system: System,
     expect(page.locator('tr[data-org="acme"]')).to_be_visible()
     shoot(page, "organizations")
 
-    fresh = pages("olga", viewport, path="#/jobs?status=running")
-    expect(fresh.get_by_role("heading", name="No jobs match these filters")).to_be_visible()
+    fresh = pages("ian", viewport)
+    expect(fresh.get_by_role("heading", name="No jobs yet")).to_be_visible()
+    expect(fresh.locator(".empty pre")).to_contain_text(f"curl -X POST {system.url}/api/v1/jobs")
     shoot(fresh, "jobs-empty")
     with system.client("alice") as c:
         c.post(f"/jobs/{running}/cancel")

@@ -456,6 +456,7 @@ function viewJobs(root, ctx, params) {
         nextCursor = data.next_cursor;
         if (filters.q) items = items.filter((j) => j.id.toLowerCase().includes(filters.q.toLowerCase()));
       }
+      await jobTypes(); // the empty state's curl example names a real job type
       if (!ctx.alive()) return;
       lastItems = items;
       status.replaceChildren();
