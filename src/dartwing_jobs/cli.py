@@ -545,6 +545,45 @@ def build_jobs(sub: SubParsers, common: argparse.ArgumentParser) -> None:
         leaf(jobs, name, common, run, help_text).add_argument("job_id", metavar="ID")
 
 
+# -- metrics -----------------------------------------------------------------------
+
+
+def run_metrics(ctx: Context) -> int:
+    m = ctx.engine.get_metrics(ctx.args.org, window_hours=ctx.args.window_hours)
+    if ctx.as_json:
+        ctx.emit_json(m)
+        return 0
+    console = ctx.console()
+    console.print(f"organization {m['organization']}, last {m['window_hours']:g} h")
+    status = Table(title="jobs by status", title_justify="left")
+    depth = Table(title="queue depth by priority", title_justify="left")
+    for table, values in ((status, m["jobs_by_status"]), (depth, m["queue_depth_by_priority"])):
+        table.add_column("")
+        table.add_column("jobs", justify="right")
+        for key, n in values.items():
+            table.add_row(key, str(n))
+        console.print(table)
+    per_type = Table(title="per job type", title_justify="left")
+    for header in ("job type", "done", "avg ms", "p50 ms", "p95 ms", "max ms", "attempts",
+                   "failures", "failure rate"):
+        per_type.add_column(header, justify="left" if header == "job type" else "right")
+    for name in sorted(set(m["processing_time"]) | set(m["failure_rate"])):
+        p = m["processing_time"].get(name, {})
+        f = m["failure_rate"].get(name, {})
+        per_type.add_row(cell(name), *(cell(p.get(k)) for k in
+                                       ("count", "avg_ms", "p50_ms", "p95_ms", "max_ms")),
+                         *(cell(f.get(k)) for k in ("attempts", "failures", "rate")))
+    console.print(per_type)
+    return 0
+
+
+@command("metrics")
+def build_metrics(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = leaf(sub, "metrics", common, run_metrics, "per-organization metrics")
+    p.add_argument("--org", required=True, help="organization")
+    p.add_argument("--window-hours", type=float, default=24.0)
+
+
 # -- long-running processes ------------------------------------------------------
 
 

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     max_parameters_depth: int = Field(default=20, gt=0)
     sqlite_synchronous: str = "FULL"
     pool_size: int = Field(default=10, gt=0)
+    # Prometheus labels per organization: off by default (label cardinality).
+    metrics_per_organization: bool = False
 
     @property
     def handler_prefixes(self) -> tuple[str, ...]:

@@ -273,6 +273,12 @@ class Engine:
         )
         return [Job.from_row(r, deps.get(r["id"], [])) for r in page], next_cursor
 
+    def get_metrics(self, organization: str, *, window_hours: float = 24,
+                    actor: str | None = None) -> dict[str, Any]:
+        from . import metrics
+
+        return metrics.get_metrics(self, organization, window_hours, actor)
+
     def job_logs(self, job_id: str, *, actor: str | None = None) -> list[dict[str, Any]]:
         with self.store.read() as conn:
             principal = self._principal(conn, actor)

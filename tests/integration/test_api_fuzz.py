@@ -52,7 +52,10 @@ def test_api_conforms_and_never_500s(fuzz_world: tuple[Any, str]) -> None:
     app, token = fuzz_world
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     headers = {"Authorization": f"Bearer {token}"}
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # The SSE stream never ends and needs the realtime hub that serve() mounts;
+    # it is exercised by tests/system/test_realtime.py instead.
+    operations = [op for op in (result.ok() for result in schema.get_all_operations())
+                  if op.path != "/api/v1/events"]
     assert len(operations) >= 12
     for operation in operations:
 

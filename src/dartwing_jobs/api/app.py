@@ -20,6 +20,7 @@ from ..engine import MAX_PAGE, Engine
 from ..store import stats
 from .auth import bearer, current_user_dependency
 from .errors import error_response, install_error_handlers
+from .prometheus import OperatorCollector
 from .rate_limits import SubmissionLimiter
 from .schemas import (
     ErrorResponse,
@@ -189,6 +190,16 @@ def create_app(engine: Engine) -> FastAPI:
     def list_organizations(actor: str = Depends(user)) -> dict[str, Any]:
         return {"items": engine.list_organizations(actor=actor)}
 
+    @api.get("/metrics", tags=["metrics"], responses=_documented(403, 404))
+    def organization_metrics(
+        organization: str,
+        window_hours: Annotated[float, Query(gt=0, le=8784)] = 24,
+        actor: str = Depends(user),
+    ) -> dict[str, Any]:
+        """Per-organization metrics over a window (SPEC 5.5): jobs by status, queue
+        depth by priority, processing time percentiles and failure rate per job type."""
+        return engine.get_metrics(organization, window_hours=window_hours, actor=actor)
+
     @api.get("/me", response_model=Me, tags=["identity"])
     def me(actor: str = Depends(user)) -> dict[str, Any]:
         return engine.whoami(actor)
@@ -216,6 +227,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(engine))
+    registry.register(OperatorCollector(engine))
 
     @app.get("/healthz", response_model=Health, responses=_documented(503), tags=["operations"])
     def healthz() -> Any:
