@@ -210,7 +210,7 @@ def test_network_black_hole_stops_attempts_before_the_lease_expires(
     proxy = TcpProxy(host, int(port or 5432))
     try:
         via_proxy = database_url.replace(host_port, f"127.0.0.1:{proxy.port}")
-        job_id = submit(engine, "rec", sleep=6)
+        job_id = submit(engine, "rec", sleep=4)
         cut_off = workers.start(concurrency=1, url=via_proxy)
         wait_ledger(ledger_db, job_id, 1)
         proxy.pause()
