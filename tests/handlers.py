@@ -6,12 +6,23 @@ connection, so that fault tests can check invariants with SQL afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from typing import Any
 
-from sqlalchemy import Column, Double, Integer, MetaData, String, Table, create_engine, insert, update
+from sqlalchemy import (
+    Column,
+    Double,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    update,
+)
 from sqlalchemy.engine import Engine as SAEngine
 
 from dartwing_jobs import JobContext, PermanentFailure
@@ -85,10 +96,8 @@ def stubborn(ctx: JobContext) -> None:
     """Ignores SIGTERM and swallows every exception, even BaseException."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
-        try:
+        with contextlib.suppress(BaseException):
             time.sleep(3600)
-        except BaseException:  # noqa: S110 - deliberately hostile
-            pass
 
 
 def blocked_in_c(ctx: JobContext) -> None:
