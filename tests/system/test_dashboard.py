@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -219,11 +220,14 @@ def pages(browser: Any, system: System) -> Iterator[Any]:
     contexts: list[Any] = []
     errors: list[str] = []
 
-    def open_page(who: str, viewport: str = "desktop", path: str = "#/jobs") -> Any:
+    def open_page(who: str, viewport: str = "desktop", path: str = "#/jobs",
+                  block_socket: bool = False) -> Any:
         width, height = VIEWPORTS[viewport]
         context = browser.new_context(viewport={"width": width, "height": height},
                                       timezone_id="Europe/Paris", locale="en-GB")
         contexts.append(context)
+        if block_socket:
+            context.route("**/socket.io/**", lambda route: route.abort())
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -282,6 +286,40 @@ def test_member_sees_own_jobs_and_a_new_job_live_to_done(pages: Any, system: Sys
     expect(bar).to_have_attribute("aria-valuenow", "100", timeout=30_000)
     expect(new_row.locator(".badge[data-status]")).to_have_attribute("data-status", "completed")
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+
+
+def test_without_socket_io_the_page_polls(pages: Any, system: System) -> None:
+    """Socket.IO unreachable: the page says so and refreshes every few seconds."""
+    from playwright.sync_api import expect
+
+    page = pages("alice", block_socket=True)
+    expect(page.locator("#live-status")).to_have_attribute("data-mode", "polling")
+    expect(page.locator(".live-note")).to_contain_text("Refreshing every 4 s")
+    job_id = system.submit("alice", "progress_steps", "acme", {"steps": 4, "delay": 0.1})
+    expect(row(page, job_id).locator(".badge[data-status]")).to_have_attribute(
+        "data-status", "completed")
+    expect(row(page, job_id).get_by_role("progressbar")).to_have_attribute(
+        "aria-valuenow", "100")
+
+
+def test_metrics_view_draws_the_api_figures(pages: Any, system: System) -> None:
+    from playwright.sync_api import expect
+
+    page = pages("olga", path="#/metrics?org=globex&window=24")
+    with system.client("olga") as c:
+        answer = c.get("/metrics", params={"organization": "globex", "window_hours": 24})
+    grid = page.locator(".metrics-grid")
+    if answer.status_code == 404:
+        expect(grid.get_by_role("heading", name="Metrics are not available yet")).to_be_visible()
+        return
+    assert answer.status_code == 200, answer.text
+    figures = answer.json()
+    charts = grid.locator("svg.chart")
+    expect(charts.first).to_be_visible()
+    completed = figures["jobs_by_status"]["completed"]
+    expect(charts.first).to_have_attribute("aria-label", re.compile(f"Completed: {completed}\\b"))
+    expect(grid.get_by_role("heading", name="Failure rate per job type")).to_be_visible()
+    assert "acme" not in grid.inner_text().lower()
 
 
 def test_cancel_a_running_job_from_its_detail_page(pages: Any, system: System) -> None:

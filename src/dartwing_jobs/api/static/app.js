@@ -748,7 +748,7 @@ function viewMetrics(root, ctx, params) {
   const go = (changes) => { window.location.hash = hashFor("metrics", { org, window: windowHours, ...changes }); };
 
   const windowSelect = h("select", { id: "f-window", onchange: (e) => go({ window: e.target.value }) },
-    WINDOWS.map((w) => h("option", { value: w }, w < 24 ? `Last ${w} h` : `Last ${w / 24} day${w === 24 ? "" : "s"}`)));
+    WINDOWS.map((w) => h("option", { value: w }, w <= 24 ? `Last ${w} h` : `Last ${w / 24} days`)));
   windowSelect.value = String(windowHours);
   const updated = h("p", { class: "muted small", role: "status" });
   const grid = h("div", { class: "metrics-grid" });
@@ -808,7 +808,7 @@ function viewMetrics(root, ctx, params) {
       values: [{ value: fr[t].rate || 0, text: `${((fr[t].rate || 0) * 100).toFixed(1)}% (${fr[t].failures}/${fr[t].attempts})`, cls: "fill-fail" }],
     }));
     const total = Object.values(byStatus).reduce((a, n) => a + n, 0);
-    const windowText = windowHours < 24 ? `${windowHours} h` : `${windowHours / 24} d`;
+    const windowText = windowHours <= 24 ? `${windowHours} h` : `${windowHours / 24} days`;
     grid.replaceChildren(
       card("Jobs by status", barChart({ title: "Jobs by status", rows: statusRows }), `${total} jobs in the organization now.`),
       card("Queue depth by priority", barChart({ title: "Queue depth by priority", rows: depthRows }),
