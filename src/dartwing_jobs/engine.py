@@ -127,53 +127,15 @@ class Engine:
         priority: str | None = None,
         tx: Connection | None = None,
     ) -> Job:
-        if not isinstance(job_type, str):
-            raise ValidationError("job_type must be a string", field="job_type")
-        organization = validate_organization_name(organization)
-        params = validate_parameters(
-            parameters,
-            max_bytes=self.settings.max_parameters_bytes,
-            max_depth=self.settings.max_parameters_depth,
-        )
-        chosen_priority = None if priority is None else parse_priority(priority)
+        organization, params, chosen_priority = self._validate_submission(
+            job_type, organization, parameters, priority)
         deps = self._validate_depends_on(depends_on)
         due = parse_time(run_at, "run_at")
-
         with self._write(tx) as conn:
-            principal = self._principal(conn, actor)
-            if not principal.can_submit(organization):
-                raise Forbidden(FORBIDDEN_ORG)
-            if principal.sees_everything and not self.store.organization_exists(
-                conn, organization
-            ):
-                raise ValidationError(
-                    f"organization {organization!r} does not exist", field="organization"
-                )
-            jt = self.store.get_job_type(conn, job_type)
-            if jt is None:
-                raise ValidationError(f"unknown job type {job_type!r}", field="job_type")
-            if not jt["enabled"]:
-                raise ValidationError(f"job type {job_type!r} is disabled", field="job_type")
+            principal, jt = self._authorize_submission(conn, actor, job_type, organization)
             status = self._initial_status(conn, organization, deps)
-            values = {
-                "id": new_id(),
-                "job_type": job_type,
-                "organization": organization,
-                "parameters": params,
-                "priority": int(
-                    chosen_priority
-                    if chosen_priority is not None
-                    else Priority(jt["default_priority"])
-                ),
-                "status": status.value,
-                "job_hash": job_hash(job_type, organization, params),
-                "deduplicate": bool(jt["deduplicate"]),
-                "max_retries": jt["max_retries"],
-                "timeout_seconds": jt["default_timeout"],
-                "retry_backoff": jt["retry_backoff"],
-                "retry_backoff_max": jt["retry_backoff_max"],
-                "submitted_by": principal.user_id,
-            }
+            values = self._job_values(jt, organization, params, chosen_priority, status,
+                                      principal)
             row = self.store.insert_job(conn, values, deps, due)
             if status is Status.QUEUED:
                 self.store.notify_jobs_available(conn)
@@ -189,14 +151,75 @@ class Engine:
         priority: str | None = None,
         tx: Connection | None = None,
     ) -> list[Job]:
-        """Submit many jobs of one type in one transaction: all are accepted, or
-        none (a duplicate among them raises ``DuplicateJob`` and nothing is kept)."""
+        """Submit many jobs of one type in one transaction and one statement: all are
+        accepted, or none (a duplicate among them raises ``DuplicateJob``)."""
+        prepared = [self._validate_submission(job_type, organization, p, priority)
+                    for p in parameters_list]
+        if not prepared:
+            return []
+        organization = prepared[0][0]
         with self._write(tx) as conn:
-            return [
-                self.submit_job(job_type, organization, params, actor=actor,
-                                priority=priority, tx=conn)
-                for params in parameters_list
-            ]
+            principal, jt = self._authorize_submission(conn, actor, job_type, organization)
+            rows = self.store.insert_jobs(conn, [
+                self._job_values(jt, organization, params, chosen, Status.QUEUED, principal)
+                for _, params, chosen in prepared
+            ])
+            self.store.notify_jobs_available(conn)
+            return [Job.from_row(r, []) for r in rows]
+
+    def _validate_submission(
+        self, job_type: Any, organization: Any, parameters: Any, priority: Any,
+    ) -> tuple[str, dict[str, Any], Priority | None]:
+        """Everything that needs no database: refused before anything is written."""
+        if not isinstance(job_type, str):
+            raise ValidationError("job_type must be a string", field="job_type")
+        organization = validate_organization_name(organization)
+        params = validate_parameters(
+            parameters,
+            max_bytes=self.settings.max_parameters_bytes,
+            max_depth=self.settings.max_parameters_depth,
+        )
+        return organization, params, None if priority is None else parse_priority(priority)
+
+    def _authorize_submission(
+        self, conn: Connection, actor: str | None, job_type: str, organization: str,
+    ) -> tuple[Principal, RowMapping]:
+        principal = self._principal(conn, actor)
+        if not principal.can_submit(organization):
+            raise Forbidden(FORBIDDEN_ORG)
+        if principal.sees_everything and not self.store.organization_exists(conn, organization):
+            raise ValidationError(
+                f"organization {organization!r} does not exist", field="organization"
+            )
+        jt = self.store.get_job_type(conn, job_type)
+        if jt is None:
+            raise ValidationError(f"unknown job type {job_type!r}", field="job_type")
+        if not jt["enabled"]:
+            raise ValidationError(f"job type {job_type!r} is disabled", field="job_type")
+        return principal, jt
+
+    @staticmethod
+    def _job_values(
+        jt: RowMapping, organization: str, params: dict[str, Any],
+        chosen_priority: Priority | None, status: Status, principal: Principal,
+    ) -> dict[str, Any]:
+        priority = chosen_priority if chosen_priority is not None else Priority(
+            jt["default_priority"])
+        return {
+            "id": new_id(),
+            "job_type": jt["name"],
+            "organization": organization,
+            "parameters": params,
+            "priority": int(priority),
+            "status": status.value,
+            "job_hash": job_hash(jt["name"], organization, params),
+            "deduplicate": bool(jt["deduplicate"]),
+            "max_retries": jt["max_retries"],
+            "timeout_seconds": jt["default_timeout"],
+            "retry_backoff": jt["retry_backoff"],
+            "retry_backoff_max": jt["retry_backoff_max"],
+            "submitted_by": principal.user_id,
+        }
 
     @staticmethod
     def _validate_depends_on(depends_on: Sequence[str] | None) -> list[str]:

@@ -19,6 +19,7 @@ from ..domain.priorities import Priority
 from ..engine import MAX_PAGE, Engine
 from ..store import stats
 from .auth import bearer, current_user_dependency
+from .dashboard import mount_dashboard
 from .errors import error_response, install_error_handlers
 from .prometheus import OperatorCollector
 from .rate_limits import SubmissionLimiter
@@ -224,6 +225,7 @@ def create_app(engine: Engine) -> FastAPI:
                                  headers={"Cache-Control": "no-cache"})
 
     app.include_router(api)
+    mount_dashboard(app)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(engine))

@@ -54,6 +54,8 @@ from .schema import (
     users,
 )
 
+INSERT_CHUNK = 500
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -328,7 +330,32 @@ class Store:
                 raise DuplicateJob(twin)
         raise Conflict("could not insert the job: its duplicate kept changing; try again")
 
-    def _insert_ignoring_duplicate(self, row: dict[str, Any]) -> Any:
+    def insert_jobs(self, conn: Connection, values: Sequence[dict[str, Any]]) -> list[RowMapping]:
+        """Insert queued jobs in one statement; a duplicate (of an active job, or
+        within the batch) raises ``DuplicateJob`` and the caller's transaction is
+        to be rolled back."""
+        now = db_now()
+        rows = [dict(v, due_at=now, run_at=None, created_at=now, modified_at=now)
+                for v in values]
+        created: list[RowMapping] = []
+        for start in range(0, len(rows), INSERT_CHUNK):  # keeps under bound-parameter limits
+            created += conn.execute(
+                self._insert_ignoring_duplicate(rows[start:start + INSERT_CHUNK])
+                .returning(*jobs.c)
+            ).mappings().all()
+        if len(created) < len(rows):
+            inserted = {r["id"] for r in created}
+            missing = next(v for v in values if v["id"] not in inserted)
+            twin = conn.execute(
+                select(jobs.c.id).where(jobs.c.job_hash == missing["job_hash"],
+                                        ACTIVE_HASH_PREDICATE)
+            ).scalar()
+            raise DuplicateJob(twin or "")
+        self.insert_events(conn, [self.status_event(r) for r in created])
+        by_id = {r["id"]: r for r in created}
+        return [by_id[v["id"]] for v in values]
+
+    def _insert_ignoring_duplicate(self, row: dict[str, Any] | list[dict[str, Any]]) -> Any:
         raise NotImplementedError  # pragma: no cover - every backend overrides
 
     # -- jobs: reads -------------------------------------------------------

@@ -46,8 +46,8 @@ class PostgresStore(Store):
             connect_args={"application_name": options.get("application_name", "dartwing-jobs")},
         )
 
-    def _insert_ignoring_duplicate(self, row: dict[str, Any]) -> Any:
-        return pg_insert(jobs).values(**row).on_conflict_do_nothing(
+    def _insert_ignoring_duplicate(self, row: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        return pg_insert(jobs).values(row).on_conflict_do_nothing(
             index_elements=[jobs.c.job_hash],
             index_where=ACTIVE_HASH_PREDICATE,
         )

@@ -55,8 +55,8 @@ class SQLiteStore(Store):
 
         return engine
 
-    def _insert_ignoring_duplicate(self, row: dict[str, Any]) -> Any:
-        return sqlite_insert(jobs).values(**row).on_conflict_do_nothing(
+    def _insert_ignoring_duplicate(self, row: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        return sqlite_insert(jobs).values(row).on_conflict_do_nothing(
             index_elements=[jobs.c.job_hash],
             index_where=ACTIVE_HASH_PREDICATE,
         )

@@ -390,6 +390,10 @@ class Supervisor:
         progress = [(job_id, a, p, m) for job_id, (a, p, m) in self._progress.items()]
         self._progress.clear()
         renew = now >= self._next_renewal
+        if not held and not progress:
+            # Nothing to renew or report: no transaction (on SQLite, no write lock).
+            self._last_renewal_ok = now
+            return
 
         def beat(conn: Any) -> tuple[dict[str, bool] | None, set[str]]:
             if progress:
