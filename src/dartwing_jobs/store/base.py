@@ -55,6 +55,14 @@ from .schema import (
 )
 
 INSERT_CHUNK = 500
+# What a status event and the execution log need of a job row: hot paths return
+# only these instead of every column.
+EVENT_COLUMNS = (jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.status,
+                 jobs.c.attempts, jobs.c.progress, jobs.c.progress_message,
+                 jobs.c.error_type, jobs.c.error_message)
+# What the worker needs of a claimed job.
+CLAIM_COLUMNS = (*EVENT_COLUMNS, jobs.c.parameters, jobs.c.checkpoint, jobs.c.priority,
+                 jobs.c.due_at, jobs.c.timeout_seconds)
 
 
 def new_id() -> str:
@@ -614,7 +622,7 @@ class Store:
                 modified_at=db_now(),
                 next_retry_at=None,
             )
-            .returning(*jobs.c)
+            .returning(*CLAIM_COLUMNS)
         ).mappings().all()
         self.insert_events(conn, [self.status_event(r) for r in rows])
         return sorted(rows, key=lambda r: (r["priority"], r["due_at"], r["id"]))

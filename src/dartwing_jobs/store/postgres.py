@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from ..domain.outcomes import Outcome
 from ..domain.statuses import Status
-from .base import Store
+from .base import EVENT_COLUMNS, Store
 from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, jobs
 
@@ -71,7 +71,7 @@ class PostgresStore(Store):
             .values(status=Status.COMPLETED.value, result=done.c.result, progress=100.0,
                     completed_at=db_now(), modified_at=db_now(), lease_expires_at=None,
                     error_type=None, error_message=None, error_traceback=None)
-            .returning(*jobs.c)
+            .returning(*EVENT_COLUMNS)
         ).mappings().all()
         return {(r["id"], r["attempts"]): r for r in rows}
 

@@ -54,6 +54,7 @@ class Exchanger:
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._claiming = True
+        self._notified = False
         self._thread: threading.Thread | None = None
         self.written = 0
 
@@ -68,8 +69,11 @@ class Exchanger:
             self._outcomes.append(outcome)
         self._kick.set()
 
-    def kick(self) -> None:
-        """Something changed (a slot freed, a notification): look again now."""
+    def kick(self, work_available: bool = False) -> None:
+        """Something changed (a slot freed, a notification): look again now.
+        ``work_available`` (a submit notification) skips the "anything due?" read."""
+        if work_available:
+            self._notified = True
         self._kick.set()
 
     def stop_claiming(self) -> None:
@@ -120,7 +124,8 @@ class Exchanger:
             batch = list(self._outcomes)
         if not batch and not (claim and want):
             return []
-        if not batch and not in_transaction(
+        notified, self._notified = self._notified, False
+        if not batch and not notified and not in_transaction(
             self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True
         ):
             return []
