@@ -300,6 +300,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def write(args: argparse.Namespace, started: datetime, systems: dict[str, dict[str, Any]],
+          rounds_done: int) -> dict[str, Any]:
+    """Summarize what has run so far and (re)write the results file: a run cut
+    short still leaves its finished rounds."""
+    for system in systems.values():
+        system["summary"] = summarize(system["runs"])
+    path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    doc: dict[str, Any] = {
+        "meta": {
+            "started_utc": started.isoformat(), "finished_utc": datetime.now(UTC).isoformat(),
+            "jobs": args.jobs, "repeat": args.repeat, "rounds_done": rounds_done,
+            "quick": args.quick, "latency_rate_per_s": 100, "latency_seconds": LATENCY_SECONDS,
+            "concurrency": CONCURRENCY, "python": platform.python_version(),
+            "cpus": os.cpu_count(), "load_average_end": list(os.getloadavg()),
+            "versions": versions(), "command": " ".join(sys.argv), "path": str(path),
+        },
+        "systems": systems,
+    }
+    doc["ratios"] = ratios(systems)
+    doc["targets"] = targets(systems)
+    doc["table_markdown"] = markdown(doc)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -335,26 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                     traceback.print_exc()
                     time.sleep(10)
             print(f"  {name} took {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
-    for system in systems.values():
-        system["summary"] = summarize(system["runs"])
-    doc: dict[str, Any] = {
-        "meta": {
-            "started_utc": started.isoformat(), "finished_utc": datetime.now(UTC).isoformat(),
-            "jobs": args.jobs, "repeat": args.repeat, "quick": args.quick,
-            "latency_rate_per_s": 100, "latency_seconds": LATENCY_SECONDS,
-            "concurrency": CONCURRENCY, "python": platform.python_version(),
-            "cpus": os.cpu_count(), "load_average_end": list(os.getloadavg()),
-            "versions": versions(), "command": " ".join(sys.argv),
-        },
-        "systems": systems,
-    }
-    doc["ratios"] = ratios(systems)
-    doc["targets"] = targets(systems)
-    table = markdown(doc)
-    doc["table_markdown"] = table
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+            write(args, started, systems, rounds_done=round_no + (name == rotated[-1]))
+    doc = write(args, started, systems, rounds_done=args.repeat)
+    table = str(doc["table_markdown"])
+    path = doc["meta"]["path"]
     print(table)
     print(f"\nmedian [min-max] of {args.repeat} interleaved round(s), {args.jobs} jobs; "
           f"raw figures in {path}")
