@@ -23,8 +23,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+# Unit and integration tests run in parallel (each test process has its own
+# databases); system tests start real processes and inject faults (one restarts
+# PostgreSQL), so they run alone afterwards.
 test: $(STAMP) lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 3 tests/unit tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/system $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -81,15 +81,64 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def pg_session_db(pg_template: str) -> Iterator[str]:
+    """One database for the session's PostgreSQL tests, emptied before each test.
+    Creating and dropping a database per test costs a checkpoint each; emptying
+    the tables costs milliseconds. Commits here need not wait for the disk."""
+    name = f"dwj_run_{os.getpid()}"
+    _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"',
+                f'ALTER DATABASE "{name}" SET synchronous_commit TO off')
+    yield name
+    _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _empty_pg_database(name: str) -> None:
+    """TRUNCATE every table but Alembic's (tests may add their own, such as the
+    ledger), resetting sequences. A backend left in a transaction by an earlier
+    test is terminated rather than waited for."""
+    from psycopg import sql
+
+    with psycopg.connect(pg_url(name), autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'alembic_version'")]
+        if not tables:
+            return
+        statement = sql.SQL("TRUNCATE TABLE {} RESTART IDENTITY CASCADE").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in tables))
+        conn.execute("SET lock_timeout = '3s'")
+        for attempt in range(3):
+            try:
+                conn.execute(statement)
+                return
+            except psycopg.errors.LockNotAvailable:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                if attempt == 2:
+                    raise
+
+
 @pytest.fixture
 def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, migrated database for one test."""
+    """A migrated, empty database for one test."""
     if backend == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         path = tmp_path / "jobs.db"
         shutil.copyfile(template, path)
         yield f"sqlite:///{path}"
         return
+    name: str = request.getfixturevalue("pg_session_db")
+    _empty_pg_database(name)
+    yield pg_url(name)
+
+
+@pytest.fixture
+def fresh_pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of its own, for the few tests that change the schema or the
+    database itself."""
     template_db: str = request.getfixturevalue("pg_template")
     name = f"dwj_test_{uuid.uuid4().hex[:12]}"
     _admin_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
