@@ -19,6 +19,8 @@ from ..store.base import Store
 
 log = logging.getLogger("dartwing_jobs.worker")
 
+PROGRESS_INTERVAL = 0.25  # seconds between two progress writes of one job
+
 
 def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False) -> Any:
     """Run ``work(conn)`` in one transaction; None when the database failed (logged:
@@ -57,6 +59,10 @@ class Exchanger:
         self._notified = False
         self._thread: threading.Thread | None = None
         self.written = 0
+        # Progress: the latest value per job, written at most every
+        # PROGRESS_INTERVAL per job (the first one at once), always the last one.
+        self._progress: dict[str, tuple[int, float, str | None]] = {}
+        self._progress_written: dict[str, float] = {}
 
     # -- called from the supervisor's loop -----------------------------------
 
@@ -68,6 +74,32 @@ class Exchanger:
         with self._lock:
             self._outcomes.append(outcome)
         self._kick.set()
+
+    def progress(self, job_id: str, attempt: int, percent: float, message: str | None) -> None:
+        with self._lock:
+            self._progress[job_id] = (attempt, percent, message)
+            due = time.monotonic() - self._progress_written.get(job_id, 0.0) >= PROGRESS_INTERVAL
+        if due:
+            self._kick.set()
+
+    def _due_progress(self, now: float) -> tuple[list[tuple[str, int, float, str | None]], float]:
+        """Progress values due for writing, and when the next one falls due."""
+        due: list[tuple[str, int, float, str | None]] = []
+        next_due = float("inf")
+        with self._lock:
+            for job_id, (attempt, percent, message) in list(self._progress.items()):
+                at = self._progress_written.get(job_id, 0.0) + PROGRESS_INTERVAL
+                if at <= now:
+                    due.append((job_id, attempt, percent, message))
+                    del self._progress[job_id]
+                    self._progress_written[job_id] = now
+                else:
+                    next_due = min(next_due, at)
+            if len(self._progress_written) > 10_000:  # forget jobs long finished
+                cutoff = now - 60
+                self._progress_written = {
+                    k: v for k, v in self._progress_written.items() if v > cutoff}
+        return due, next_due
 
     def kick(self, work_available: bool = False) -> None:
         """Something changed (a slot freed, a notification): look again now.
@@ -102,35 +134,44 @@ class Exchanger:
 
     def _run(self) -> None:
         next_poll = 0.0
+        next_progress = float("inf")
         while not self._stop.is_set():
-            kicked = self._kick.wait(max(0.0, next_poll - time.monotonic()))
+            wake_at = min(next_poll, next_progress)
+            kicked = self._kick.wait(max(0.0, wake_at - time.monotonic()))
             self._kick.clear()
             if self._stop.is_set():
                 return
+            progress, next_progress = self._due_progress(time.monotonic())
             want = self._want() if self._claiming else 0
-            if not self.pending():
+            if not self.pending() and not progress:
                 if not want:
                     next_poll = time.monotonic() + self.poll_interval
                     continue
                 if not kicked and time.monotonic() < next_poll:
                     continue
-            rows = self._exchange(claim=True, want=want)
+            rows = self._exchange(claim=True, want=want, progress=progress)
             # A full claim suggests more is waiting: ask again without sleeping.
             full = rows is not None and bool(want) and len(rows) == want
             next_poll = time.monotonic() + (0.0 if full else self.poll_interval)
 
-    def _exchange(self, claim: bool, want: int = 0) -> list[RowMapping] | None:
+    def _exchange(
+        self, claim: bool, want: int = 0,
+        progress: list[tuple[str, int, float, str | None]] | None = None,
+    ) -> list[RowMapping] | None:
+        """One transaction: progress, then the finished attempts, then the claim."""
         with self._lock:
             batch = list(self._outcomes)
-        if not batch and not (claim and want):
-            return []
         notified, self._notified = self._notified, False
-        if not batch and not notified and not in_transaction(
+        if claim and want and not batch and not notified and not in_transaction(
             self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True
         ):
+            want = 0
+        if not batch and not progress and not (claim and want):
             return []
 
         def work(conn: Any) -> list[RowMapping]:
+            if progress:
+                self.store.write_progress(conn, progress)
             if batch:
                 self.store.record_outcomes(conn, batch)
             if not (claim and want):

@@ -88,7 +88,6 @@ class Supervisor:
         self._buffer: deque[RowMapping] = deque()
         self._buffer_lock = threading.Lock()
         self._recent_duration: float | None = None  # moving average, seconds
-        self._progress: dict[str, tuple[int, float, str | None]] = {}
         self._job_types: dict[str, RowMapping] = {}
         self._job_types_loaded = 0.0
         self._stopping = False
@@ -309,7 +308,7 @@ class Supervisor:
             elif kind == "progress":
                 _, job_id, attempt, percent, text = message
                 if slot.job is not None and slot.attempt == (job_id, attempt):
-                    self._progress[job_id] = (attempt, percent, text)
+                    self._exchanger.progress(job_id, attempt, percent, text)
             elif kind == "done":
                 _, job_id, attempt, outcome, result, error, started, duration, label = message
                 if slot.job is None or slot.attempt != (job_id, attempt):
@@ -343,8 +342,6 @@ class Supervisor:
         self._release(slot)
 
     def _release(self, slot: Slot) -> None:
-        if slot.job is not None:
-            self._progress.pop(slot.job["id"], None)
         slot.job = None
         slot.deadline = None
         slot.kill_at = None
@@ -387,17 +384,13 @@ class Supervisor:
         with self._buffer_lock:
             buffered = [(r["id"], r["attempts"]) for r in self._buffer]
         held = [s.attempt for s in busy] + buffered
-        progress = [(job_id, a, p, m) for job_id, (a, p, m) in self._progress.items()]
-        self._progress.clear()
         renew = now >= self._next_renewal
-        if not held and not progress:
+        if not held:
             # Nothing to renew or report: no transaction (on SQLite, no write lock).
             self._last_renewal_ok = now
             return
 
         def beat(conn: Any) -> tuple[dict[str, bool] | None, set[str]]:
-            if progress:
-                self.store.write_progress(conn, progress)
             if renew:
                 kept = self.store.renew_leases(conn, self.worker_id, held, self.lease)
                 return kept, {job_id for job_id, flag in kept.items() if flag}
@@ -405,9 +398,6 @@ class Supervisor:
 
         answer = self._db(beat)
         if answer is None:
-            if progress:  # keep the latest values for the next try
-                for job_id, a, p, m in progress:
-                    self._progress.setdefault(job_id, (a, p, m))
             if now - self._last_renewal_ok > self.lease * 0.6:
                 self._abandon_all("database unreachable: cannot renew leases")
             return
