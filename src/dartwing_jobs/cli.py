@@ -584,6 +584,124 @@ def build_metrics(sub: SubParsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--window-hours", type=float, default=24.0)
 
 
+# -- claim controls (issue 10) ----------------------------------------------------
+
+
+def _pause_target(ctx: Context) -> dict[str, Any]:
+    if ctx.args.org is None and ctx.args.type is None:
+        raise ValidationError("name an organization (--org), a job type (--type), or both")
+    return {"organization": ctx.args.org, "job_type": ctx.args.type}
+
+
+def _show_pause(ctx: Context, state: dict[str, Any]) -> int:
+    if ctx.as_json:
+        ctx.emit_json(state)
+    else:
+        what = " ".join(f"{k} {v}" for k, v in (("organization", state["organization"]),
+                                                 ("job type", state["job_type"])) if v)
+        ctx.line(f"{what}: {'paused' if state['paused'] else 'resumed'}")
+    return 0
+
+
+def run_pause(ctx: Context) -> int:
+    return _show_pause(ctx, ctx.engine.pause(**_pause_target(ctx)))
+
+
+def run_resume(ctx: Context) -> int:
+    return _show_pause(ctx, ctx.engine.resume(**_pause_target(ctx)))
+
+
+@command("pause")
+def build_pause(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    for name, run, text in (
+        ("pause", run_pause, "pause an organization, a job type, or both together: their "
+                             "jobs stay queued and are not started"),
+        ("resume", run_resume, "resume what pause stopped; waiting jobs run in order"),
+    ):
+        p = leaf(sub, name, common, run, text)
+        p.add_argument("--org", metavar="ORG")
+        p.add_argument("--type", metavar="TYPE", help="job type")
+
+
+def limit_value(text: str) -> int | None:
+    """A non-negative count, or ``default`` (back to the global default)."""
+    if text == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number or 'default'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+LIMIT_COLUMNS = (("organization", "organization"), ("job_type", "job type"),
+                 ("max_running", "max running"), ("max_queued", "max queued"),
+                 ("paused", "paused"))
+
+
+def run_limits_set(ctx: Context) -> int:
+    fields = {k: getattr(ctx.args, k) for k in ("max_running", "max_queued")
+              if getattr(ctx.args, k) is not UNSET}
+    row = ctx.engine.set_limits(ctx.args.org, job_type=ctx.args.type, **fields)
+    if ctx.as_json:
+        ctx.emit_json(row)
+    else:
+        ctx.table(rows_table("limit", LIMIT_COLUMNS, [row]))
+    return 0
+
+
+def run_limits_list(ctx: Context) -> int:
+    view = ctx.engine.list_limits()
+    if ctx.as_json:
+        ctx.emit_json(view)
+        return 0
+    d = view["defaults"]
+    ctx.line(f"defaults: fair claiming {'on' if d['fair_claiming'] else 'off'}, max running "
+             f"{d['max_running_per_organization']}, max queued "
+             f"{d['max_queued_per_organization']}")
+    ctx.line("paused job types: " + (", ".join(view["paused_job_types"]) or "none"))
+    ctx.table(rows_table("organization limits", LIMIT_COLUMNS, view["organizations"]))
+    return 0
+
+
+UNSET: Any = object()
+
+
+@command("limits")
+def build_limits(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    limits = group(sub, "limits", "per-organization concurrency limits and quotas")
+    leaf(limits, "list", common, run_limits_list, "defaults, overrides and pauses")
+    p = leaf(limits, "set", common, run_limits_set,
+             "an organization's limits (workers apply them at their next claim)")
+    p.add_argument("org", metavar="ORG")
+    p.add_argument("--type", metavar="TYPE", help="limit one job type of the organization")
+    p.add_argument("--max-running", type=limit_value, default=UNSET, metavar="N|default",
+                   help="most jobs running at once (0 pauses)")
+    p.add_argument("--max-queued", type=limit_value, default=UNSET, metavar="N|default",
+                   help="quota of jobs accepted and not started yet")
+
+
+def run_operator_metrics(ctx: Context) -> int:
+    m = ctx.engine.get_operator_metrics()
+    if ctx.as_json:
+        ctx.emit_json(m)
+        return 0
+    ctx.table(rows_table("running by organization",
+                         (("organization", "organization"), ("running", "running")),
+                         [{"organization": o, "running": n}
+                          for o, n in m["running_by_organization"].items()]))
+    ctx.table(rows_table("organization limits", LIMIT_COLUMNS, m["organizations"]))
+    return 0
+
+
+@command("operator-metrics")
+def build_operator_metrics(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    leaf(sub, "operator-metrics", common, run_operator_metrics,
+         "running jobs by organization, limits and pauses (operators)")
+
+
 # -- long-running processes ------------------------------------------------------
 
 

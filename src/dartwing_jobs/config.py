@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=10, gt=0)
     # Prometheus labels per organization: off by default (label cardinality).
     metrics_per_organization: bool = False
+    # Fair claiming between organizations inside a priority (issue 10); off gives
+    # the plain priority-then-age order (kept for comparison).
+    fair_claiming: bool = True
+    # Default limits per organization (None = none); per-organization overrides
+    # live in the database (``dartwing-jobs limits set``). 0 running pauses.
+    max_running_per_organization: int | None = Field(default=None, ge=0)
+    max_queued_per_organization: int | None = Field(default=None, ge=0)
 
     @property
     def handler_prefixes(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from .config import Settings
 from .domain.errors import (
     Forbidden,
     NotFound,
+    QuotaExceeded,
     ValidationError,
 )
 from .domain.hashing import job_hash
@@ -37,14 +38,18 @@ from .domain.validation import (
 )
 from .job_types import JobTypes
 from .schedules import Schedules
-from .store import Store, open_store
+from .store import Store, controls, open_store
 from .store.base import new_id
+from .store.controls import ClaimPolicy
+from .store.schema import ALL_JOB_TYPES
 from .views import Job, iso, log_entry, organization_dict, parse_time
 
 if TYPE_CHECKING:
     from .scheduler.retention_cleaner import CleanupProgress, CleanupResult
 
 MAX_PAGE = 200
+#: ``set_limits``: leave this field as it is.
+UNCHANGED: Any = object()
 MEMBER_STATUSES = ("Active", "Inactive")
 MEMBER_ROLES = ("member", "admin")
 
@@ -65,6 +70,11 @@ class Engine:
             self.settings.database_url,
             pool_size=self.settings.pool_size,
             synchronous=self.settings.sqlite_synchronous,
+        )
+        self.store.claim_policy = ClaimPolicy(
+            fair=self.settings.fair_claiming,
+            default_max_running=self.settings.max_running_per_organization,
+            default_max_queued=self.settings.max_queued_per_organization,
         )
         self.schedules = Schedules(self)
         self.job_types = JobTypes(
@@ -133,6 +143,7 @@ class Engine:
         due = parse_time(run_at, "run_at")
         with self._write(tx) as conn:
             principal, jt = self._authorize_submission(conn, actor, job_type, organization)
+            self._check_quota(conn, organization, 1)
             status = self._initial_status(conn, organization, deps)
             values = self._job_values(jt, organization, params, chosen_priority, status,
                                       principal)
@@ -160,6 +171,7 @@ class Engine:
         organization = prepared[0][0]
         with self._write(tx) as conn:
             principal, jt = self._authorize_submission(conn, actor, job_type, organization)
+            self._check_quota(conn, organization, len(prepared))
             rows = self.store.insert_jobs(conn, [
                 self._job_values(jt, organization, params, chosen, Status.QUEUED, principal)
                 for _, params, chosen in prepared
@@ -197,6 +209,20 @@ class Engine:
         if not jt["enabled"]:
             raise ValidationError(f"job type {job_type!r} is disabled", field="job_type")
         return principal, jt
+
+    def _check_quota(self, conn: Connection, organization: str, adding: int) -> None:
+        """The queued-job quota (jobs accepted and not started yet). Off unless a
+        default or an override is set. The organization's row is locked first, so
+        concurrent submissions to one organization cannot both squeeze under it."""
+        quota = controls.max_queued(conn, organization, self.store.claim_policy)
+        if quota is None:
+            return
+        controls.lock_organization(conn, organization)
+        waiting = controls.count_waiting(conn, organization, quota + 1)
+        if waiting + adding > quota:
+            raise QuotaExceeded(
+                f"organization {organization!r} is over its queued-job quota of {quota} "
+                f"({waiting} waiting, {adding} submitted)", quota=quota)
 
     @staticmethod
     def _job_values(
@@ -301,6 +327,102 @@ class Engine:
         from . import metrics
 
         return metrics.get_metrics(self, organization, window_hours, actor)
+
+    def get_operator_metrics(self, *, actor: str | None = None) -> dict[str, Any]:
+        """Operators only (System Manager): running jobs per organization, with the
+        limits and pauses in force (``list_limits``)."""
+        with self.store.read() as conn:
+            self._principal(conn, actor).require_system_manager()
+            return {
+                "running_by_organization": controls.running_by_organization(conn),
+                **self._limits_view(conn),
+            }
+
+    # -- claim controls (System Manager, or trusted code) ----------------------
+
+    def pause(self, *, organization: str | None = None, job_type: str | None = None,
+              actor: str | None = None) -> dict[str, Any]:
+        """Pause an organization, a job type, or one job type of one organization:
+        its jobs stay queued and no claim takes them until ``resume``."""
+        return self._set_paused(organization, job_type, True, actor)
+
+    def resume(self, *, organization: str | None = None, job_type: str | None = None,
+               actor: str | None = None) -> dict[str, Any]:
+        """Undo ``pause``; the waiting jobs run in their order (priority, due time)."""
+        return self._set_paused(organization, job_type, False, actor)
+
+    def _set_paused(self, organization: str | None, job_type: str | None, paused: bool,
+                    actor: str | None) -> dict[str, Any]:
+        if organization is None and job_type is None:
+            raise ValidationError("name an organization, a job type, or both")
+        with self.store.transaction() as conn:
+            self._principal(conn, actor).require_system_manager()
+            self._check_control_target(conn, organization, job_type)
+            if organization is None:
+                assert job_type is not None
+                if paused:
+                    controls.pause_job_type(conn, job_type)
+                else:
+                    controls.resume_job_type(conn, job_type)
+            else:
+                controls.set_limit(conn, organization, job_type or ALL_JOB_TYPES,
+                                   {"paused": paused})
+            if not paused:
+                self.store.notify_jobs_available(conn)
+        return {"organization": organization, "job_type": job_type, "paused": paused}
+
+    def set_limits(
+        self, organization: str, *, job_type: str | None = None,
+        max_running: int | None = UNCHANGED, max_queued: int | None = UNCHANGED,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """Per-organization overrides (per job type for ``max_running``). ``None``
+        returns a field to the default; 0 running pauses; fields not given stay."""
+        values: dict[str, Any] = {}
+        for name, value in (("max_running", max_running), ("max_queued", max_queued)):
+            if value is UNCHANGED:
+                continue
+            if value is not None:
+                value = validate_non_negative_int(value, name, maximum=10_000_000)
+            values[name] = value
+        if job_type is not None and values.get("max_queued") is not None:
+            raise ValidationError("the queued-job quota is per organization, not per job type",
+                                  field="max_queued")
+        with self.store.transaction() as conn:
+            self._principal(conn, actor).require_system_manager()
+            self._check_control_target(conn, organization, job_type)
+            if values:
+                controls.set_limit(conn, organization, job_type or ALL_JOB_TYPES, values)
+                self.store.notify_jobs_available(conn)
+            row = controls.get_limit(conn, organization, job_type or ALL_JOB_TYPES)
+        return _limit_dict(row, organization, job_type)
+
+    def list_limits(self, *, actor: str | None = None) -> dict[str, Any]:
+        """The defaults, every override and pause, and the paused job types."""
+        with self.store.read() as conn:
+            self._principal(conn, actor).require_system_manager()
+            return self._limits_view(conn)
+
+    def _limits_view(self, conn: Connection) -> dict[str, Any]:
+        policy = self.store.claim_policy
+        return {
+            "defaults": {"fair_claiming": policy.fair,
+                         "max_running_per_organization": policy.default_max_running,
+                         "max_queued_per_organization": policy.default_max_queued},
+            "organizations": [_limit_dict(r, r["organization"], r["job_type"] or None)
+                              for r in controls.list_limits(conn)],
+            "paused_job_types": controls.paused_types(conn),
+        }
+
+    def _check_control_target(self, conn: Connection, organization: str | None,
+                              job_type: str | None) -> None:
+        if organization is not None and (
+                not isinstance(organization, str)
+                or not self.store.organization_exists(conn, organization)):
+            raise NotFound(f"organization {organization!r} does not exist")
+        if job_type is not None and (
+                not isinstance(job_type, str) or self.store.get_job_type(conn, job_type) is None):
+            raise NotFound(f"job type {job_type!r} does not exist")
 
     def job_logs(self, job_id: str, *, actor: str | None = None) -> list[dict[str, Any]]:
         with self.store.read() as conn:
@@ -480,6 +602,17 @@ class Engine:
             return authenticate(self.store, conn, token)
 
 
+def _limit_dict(row: RowMapping | None, organization: str,
+                job_type: str | None) -> dict[str, Any]:
+    return {
+        "organization": organization,
+        "job_type": job_type,
+        "max_running": None if row is None else row["max_running"],
+        "max_queued": None if row is None else row["max_queued"],
+        "paused": False if row is None else bool(row["paused"]),
+    }
+
+
 def _encode_cursor(created_at: float, job_id: str) -> str:
     raw = json.dumps([created_at, job_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -496,4 +629,4 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValidationError("invalid cursor", field="cursor") from exc
 
 
-__all__ = ["Engine"]
+__all__ = ["UNCHANGED", "Engine"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -119,7 +120,8 @@ def plan_of(conn: Connection, stmt: Any) -> str:
 
 
 def store_claim_plan(engine: Engine) -> str:
-    """The plan of the claim exactly as ``Store.claim_jobs`` issues it."""
+    """The plan of the unfair claim exactly as ``Store.claim_jobs`` issues it."""
+    engine.store.claim_policy = replace(engine.store.claim_policy, fair=False)
     with engine.store.engine.connect() as conn, captured(engine) as seen:
         trans = conn.begin()
         engine.store.claim_jobs(conn, "plan-test", 10, 30.0)
@@ -128,6 +130,27 @@ def store_claim_plan(engine: Engine) -> str:
                                and s.lstrip().upper().startswith("UPDATE")]
     with engine.store.engine.connect() as conn:
         return plan(conn, statement, params)
+
+
+def store_fair_claim_plans(engine: Engine) -> dict[str, str]:
+    """The plans of the fair claim's reads of the jobs table, by role: the top due
+    priority, the organization walk, the organizations' first jobs."""
+    with engine.store.engine.connect() as conn, captured(engine) as seen:
+        trans = conn.begin()
+        rows = engine.store.claim_jobs(conn, "plan-test", 10, 30.0)
+        trans.rollback()
+    assert rows
+    plans: dict[str, str] = {}
+    with engine.store.engine.connect() as conn:
+        for statement, params in seen:
+            head = statement.lstrip().upper()
+            if "BACKGROUND_JOBS" not in head or not head.startswith(("SELECT", "WITH")):
+                continue
+            role = ("walk" if "RECURSIVE" in head else
+                    "heads" if "UNION" in head or "LATERAL" in head else
+                    "priority" if "ORDER BY BACKGROUND_JOBS.PRIORITY" in head else "other")
+            plans[role] = plan(conn, statement, params)
+    return plans
 
 
 def store_duplicate_lookup_plan(world: World) -> str:
@@ -195,6 +218,24 @@ def test_pg_claim_query_uses_the_claim_index(world: World) -> None:
             assert "LockRows" in text  # FOR UPDATE SKIP LOCKED kept
 
 
+ORG_INDEX = "ix_background_jobs_org_claimable"
+
+
+@_apply(pg_only)
+def test_pg_fair_claim_uses_the_claim_and_organization_indexes(world: World) -> None:
+    seed(world.engine)
+    plans = store_fair_claim_plans(world.engine)
+    assert {"priority", "walk", "heads"} <= set(plans), plans
+    assert CLAIM_INDEX in plans["priority"], plans["priority"]
+    assert ORG_INDEX in plans["walk"], plans["walk"]
+    assert ORG_INDEX in plans["heads"], plans["heads"]
+    assert "LockRows" in plans["heads"], plans["heads"]  # FOR UPDATE SKIP LOCKED kept
+    for role, text in plans.items():
+        assert "Seq Scan on background_jobs" not in text, (role, text)
+        if role != "walk":  # the walk sorts its own few steps, never jobs
+            assert "Sort" not in text.replace("Incremental Sort", ""), (role, text)
+
+
 @_apply(pg_only)
 def test_pg_duplicate_lookup_can_use_the_hash_index(world: World) -> None:
     seed(world.engine)
@@ -230,6 +271,22 @@ def test_sqlite_store_claim_uses_the_claim_index(world: World) -> None:
     seed(world.engine)
     text = store_claim_plan(world.engine)
     assert CLAIM_INDEX in text, text
+
+
+@sqlite_only
+def test_sqlite_fair_claim_uses_the_claim_and_organization_indexes(world: World) -> None:
+    seed(world.engine)
+    plans = store_fair_claim_plans(world.engine)
+    assert {"priority", "walk", "heads"} <= set(plans), plans
+    assert CLAIM_INDEX in plans["priority"], plans["priority"]
+    assert ORG_INDEX in plans["walk"], plans["walk"]
+    assert ORG_INDEX in plans["heads"], plans["heads"]
+    for role, text in plans.items():
+        for line in text.splitlines():
+            assert not line.rstrip().endswith(("SCAN background_jobs", "SCAN due", "SCAN nxt")), (
+                role, text)
+        if role != "walk":  # the walk sorts its own few steps, never jobs
+            assert "TEMP B-TREE FOR ORDER BY" not in text, (role, text)
 
 
 @sqlite_only

@@ -30,9 +30,15 @@ from .schemas import (
     JobPage,
     JobTypeList,
     JobTypeOut,
+    LimitOut,
+    LimitsOut,
+    LimitsUpdate,
     LogPage,
     Me,
+    OperatorMetrics,
     OrganizationList,
+    PauseState,
+    PauseTarget,
     RegisterJobType,
     StatusName,
     SubmitJob,
@@ -200,6 +206,43 @@ def create_app(engine: Engine) -> FastAPI:
         """Per-organization metrics over a window (SPEC 5.5): jobs by status, queue
         depth by priority, processing time percentiles and failure rate per job type."""
         return engine.get_metrics(organization, window_hours=window_hours, actor=actor)
+
+    @api.post("/pause", response_model=PauseState, responses=_documented(403, 404),
+              tags=["operations"])
+    def pause(body: PauseTarget, actor: str = Depends(user)) -> dict[str, Any]:
+        """System Manager: pause an organization, a job type, or one job type of one
+        organization. Its jobs stay queued; no worker claims them until resumed."""
+        return engine.pause(organization=body.organization, job_type=body.job_type,
+                            actor=actor)
+
+    @api.post("/resume", response_model=PauseState, responses=_documented(403, 404),
+              tags=["operations"])
+    def resume(body: PauseTarget, actor: str = Depends(user)) -> dict[str, Any]:
+        """System Manager: undo a pause; the waiting jobs run in their order."""
+        return engine.resume(organization=body.organization, job_type=body.job_type,
+                             actor=actor)
+
+    @api.get("/limits", response_model=LimitsOut, responses=_documented(403),
+             tags=["operations"])
+    def list_limits(actor: str = Depends(user)) -> dict[str, Any]:
+        """System Manager: default limits, per-organization overrides, pauses."""
+        return engine.list_limits(actor=actor)
+
+    @api.put("/organizations/{organization}/limits", response_model=LimitOut,
+             responses=_documented(403, 404), tags=["operations"])
+    def set_limits(organization: str, body: LimitsUpdate,
+                   actor: str = Depends(user)) -> dict[str, Any]:
+        """System Manager: an organization's concurrency limit (optionally for one
+        job type) and queued-job quota. Workers apply it at their next claim."""
+        fields = body.model_dump(exclude_unset=True)
+        fields.pop("job_type", None)
+        return engine.set_limits(organization, job_type=body.job_type, actor=actor, **fields)
+
+    @api.get("/operator/metrics", response_model=OperatorMetrics, responses=_documented(403),
+             tags=["metrics"])
+    def operator_metrics(actor: str = Depends(user)) -> dict[str, Any]:
+        """System Manager: running jobs by organization, with limits and pauses."""
+        return engine.get_operator_metrics(actor=actor)
 
     @api.get("/me", response_model=Me, tags=["identity"])
     def me(actor: str = Depends(user)) -> dict[str, Any]:

@@ -182,3 +182,56 @@ __all__ = [
     "ErrorResponse", "Health", "JobOut", "JobPage", "JobTypeList", "JobTypeOut", "LogPage",
     "Me", "OrganizationList", "RegisterJobType", "SubmitJob", "UpdateJobType",
 ]
+
+
+# -- claim controls (issue 10; System Manager) -----------------------------------
+
+
+class PauseTarget(BaseModel):
+    """An organization, a job type, or one job type of one organization."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    organization: str | None = Field(default=None, max_length=140)
+    job_type: str | None = Field(default=None, max_length=140)
+
+
+class PauseState(BaseModel):
+    organization: str | None
+    job_type: str | None
+    paused: bool
+
+
+class LimitsUpdate(BaseModel):
+    """Only the fields sent change; ``null`` returns a field to the default.
+    ``max_running`` 0 pauses; ``max_queued`` is per organization only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_type: str | None = Field(default=None, max_length=140)
+    max_running: int | None = Field(default=None, ge=0, le=10_000_000)
+    max_queued: int | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class LimitOut(BaseModel):
+    organization: str
+    job_type: str | None
+    max_running: int | None
+    max_queued: int | None
+    paused: bool
+
+
+class LimitDefaults(BaseModel):
+    fair_claiming: bool
+    max_running_per_organization: int | None
+    max_queued_per_organization: int | None
+
+
+class LimitsOut(BaseModel):
+    defaults: LimitDefaults
+    organizations: list[LimitOut]
+    paused_job_types: list[str]
+
+
+class OperatorMetrics(LimitsOut):
+    running_by_organization: dict[str, int]

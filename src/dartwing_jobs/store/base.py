@@ -16,7 +16,9 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Integer,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Connection, RowMapping
@@ -39,6 +42,8 @@ from ..domain.statuses import (
     Status,
 )
 from .clock import db_now
+from .controls import ClaimPolicy, read_controls
+from .fairness import FairChoice
 from .schema import (
     ACTIVE_HASH_PREDICATE,
     CLAIMABLE_PREDICATE,
@@ -78,6 +83,9 @@ class Store:
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self.options = options
+        self.claim_policy = ClaimPolicy()
+        # The organization each worker of this process served last (fair claims).
+        self._claim_cursors: dict[str, str] = {}
         self.engine: Engine = self._create_engine(url, **options)
 
     # -- connections -------------------------------------------------------
@@ -590,29 +598,69 @@ class Store:
         return stmt
 
     def has_due_jobs(self, conn: Connection, job_type_filter: Sequence[str] | None) -> bool:
-        """A cheap read to ask before taking the write lock of a claim."""
-        return conn.execute(self._claimable(job_type_filter).limit(1)).first() is not None
+        """A cheap read to ask before taking the write lock of a claim. Paused job
+        types and organizations do not count as work."""
+        stmt = self._claimable(job_type_filter)
+        controls = read_controls(conn)
+        if controls.paused_types:
+            stmt = stmt.where(jobs.c.job_type.not_in(sorted(controls.paused_types)))
+        if controls.paused_orgs:
+            stmt = stmt.where(jobs.c.organization.not_in(sorted(controls.paused_orgs)))
+        return conn.execute(stmt.limit(1)).first() is not None
 
     def _lock_for_claim(self, stmt: Any) -> Any:
         """Backends with row locks skip rows another claimer holds."""
         return stmt
 
+    def claim_cursor(self, worker_id: str) -> str:
+        """The organization this worker served last (where its next fair claim
+        resumes the rotation)."""
+        return self._claim_cursors.get(worker_id, "")
+
     def claim_jobs(
         self, conn: Connection, worker_id: str, limit: int, lease_seconds: float,
-        job_type_filter: Sequence[str] | None = None,
+        job_type_filter: Sequence[str] | None = None, *,
+        after_organization: str | None = None,
     ) -> list[RowMapping]:
-        """Claim up to ``limit`` due jobs in one statement: priority first, then the
-        time they became due. Each claim starts a new attempt (``attempts + 1``)
-        that every later write of this worker is fenced by."""
-        chosen = self._lock_for_claim(
-            self._claimable(job_type_filter)
-            .order_by(jobs.c.priority, jobs.c.due_at, jobs.c.id)
-            .limit(limit)
-        )
+        """Claim up to ``limit`` due jobs. Each claim starts a new attempt
+        (``attempts + 1``) that every later write of this worker is fenced by.
+
+        Fair claiming (the default): priority first, then organizations in turn
+        inside the top ready priority (round robin from the organization after
+        ``after_organization``, by default the one this worker served last), each
+        organization's jobs by due time; per-organization limits and pauses are
+        enforced here, in the claim's transaction. Unfair (``fair=False`` and no
+        controls set): priority, then due time, across all organizations.
+        The rows come back in the order the worker should start them."""
+        if limit <= 0:
+            return []
+        controls = read_controls(conn)
+        policy = self.claim_policy
+        if not policy.fair and not controls.active(policy):
+            chosen = self._lock_for_claim(
+                self._claimable(job_type_filter)
+                .order_by(jobs.c.priority, jobs.c.due_at, jobs.c.id)
+                .limit(limit)
+            )
+            rows = self._mark_claimed(conn, worker_id, lease_seconds,
+                                      jobs.c.id.in_(chosen.scalar_subquery()))
+            return sorted(rows, key=lambda r: (r["priority"], r["due_at"], r["id"]))
+        cursor = after_organization
+        if cursor is None:
+            cursor = self._claim_cursors.get(worker_id, "")
+        ids, cursor = FairChoice(self, conn, controls, job_type_filter).choose(limit, cursor)
+        self._claim_cursors[worker_id] = cursor
+        if not ids:
+            return []
+        rows = self._mark_claimed(conn, worker_id, lease_seconds, jobs.c.id.in_(ids))
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        return sorted(rows, key=lambda r: order[r["id"]])
+
+    def _mark_claimed(self, conn: Connection, worker_id: str, lease_seconds: float,
+                      which: Any) -> list[RowMapping]:
         rows = conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(chosen.scalar_subquery()),
-                   CLAIMABLE_PREDICATE)
+            .where(which, CLAIMABLE_PREDICATE)
             .values(
                 status=Status.RUNNING.value,
                 attempts=jobs.c.attempts + 1,
@@ -625,7 +673,96 @@ class Store:
             .returning(*CLAIM_COLUMNS)
         ).mappings().all()
         self.insert_events(conn, [self.status_event(r) for r in rows])
-        return sorted(rows, key=lambda r: (r["priority"], r["due_at"], r["id"]))
+        return list(rows)
+
+    # -- fair claiming: the statements (backends may override) ----------------
+
+    def _claim_filters(self, job_type_filter: Sequence[str] | None,
+                       paused_types: frozenset[str], table: Any = jobs) -> list[Any]:
+        where: list[Any] = [CLAIMABLE_PREDICATE, table.c.due_at <= db_now()]
+        if job_type_filter:
+            where.append(table.c.job_type.in_(list(job_type_filter)))
+        if paused_types:
+            where.append(table.c.job_type.not_in(sorted(paused_types)))
+        return where
+
+    def next_due_priority(self, conn: Connection, after: int,
+                          job_type_filter: Sequence[str] | None,
+                          paused_types: frozenset[str]) -> int | None:
+        """The most urgent priority above ``after`` with a due job (claim index)."""
+        value = conn.execute(
+            select(jobs.c.priority)
+            .where(*self._claim_filters(job_type_filter, paused_types), jobs.c.priority > after)
+            .order_by(jobs.c.priority, jobs.c.due_at)
+            .limit(1)
+        ).scalar()
+        return None if value is None else int(value)
+
+    def walk_organizations(
+        self, conn: Connection, priority: int, after: str, upto: str | None, steps: int,
+        job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+    ) -> list[tuple[str, bool]]:
+        """A bounded skip scan over the organization index: the organizations with
+        claimable jobs, in name order, strictly after ``after`` (and not beyond
+        ``upto``), at most ``steps`` of them, each with whether it has a due job
+        at ``priority``. Every step is one index probe, however many jobs an
+        organization holds."""
+        nxt = jobs.alias("nxt")
+
+        def next_org(prev: Any) -> Any:
+            return (select(nxt.c.organization)
+                    .where(CLAIMABLE_PREDICATE, nxt.c.organization > prev)
+                    .order_by(nxt.c.organization).limit(1).scalar_subquery())
+
+        walk = select(next_org(bindparam("after", after)).label("org"),
+                      literal(1, Integer).label("n")).cte("walk", recursive=True)
+        step = select(next_org(walk.c.org), walk.c.n + 1).where(
+            walk.c.org.is_not(None), walk.c.n < steps)
+        if upto is not None:
+            step = step.where(walk.c.org < upto)
+        walk = walk.union_all(step)
+        due = jobs.alias("due")
+        has_due = exists(select(literal(1)).where(
+            due.c.organization == walk.c.org, due.c.priority == priority,
+            *self._claim_filters(job_type_filter, paused_types, due)))
+        stmt = select(walk.c.org, has_due.label("has_due")).where(walk.c.org.is_not(None))
+        if upto is not None:
+            stmt = stmt.where(walk.c.org <= upto)
+        return [(str(o), bool(d)) for o, d in conn.execute(stmt.order_by(walk.c.n))]
+
+    def lock_organizations(self, conn: Connection, names: Sequence[str]) -> set[str]:
+        """Serialise the limit checks of one organization between claimers: the
+        organizations we got (a claimer holding one makes us skip it, on backends
+        with row locks; SQLite serialises whole write transactions anyway)."""
+        stmt = (select(organizations.c.name).where(organizations.c.name.in_(list(names)))
+                .order_by(organizations.c.name)
+                .with_for_update(key_share=True, skip_locked=True))
+        return {str(n) for n in conn.execute(stmt).scalars()}
+
+    def organization_heads(
+        self, conn: Connection, priority: int, wanted: Sequence[tuple[str, int]],
+        job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+        blocked_pairs: Sequence[tuple[str, str]], exclude_ids: Sequence[str],
+    ) -> list[RowMapping]:
+        """The first ``k`` due jobs at ``priority`` of each ``(organization, k)``, by
+        due time: rows ``(id, organization, job_type, due_at)``. Here one LIMITed
+        index range per organization, glued with UNION ALL."""
+        members = []
+        for org, k in wanted:
+            stmt = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at)
+                    .where(jobs.c.organization == org, jobs.c.priority == priority,
+                           *self._claim_filters(job_type_filter, paused_types))
+                    .order_by(jobs.c.due_at).limit(k))
+            types = [t for o, t in blocked_pairs if o == org]
+            if types:
+                stmt = stmt.where(jobs.c.job_type.not_in(types))
+            if exclude_ids:
+                stmt = stmt.where(jobs.c.id.not_in(list(exclude_ids)))
+            members.append(select(*stmt.subquery().c))
+        if not members:
+            return []
+        query = members[0] if len(members) == 1 else union_all(*members)
+        return list(conn.execute(query).mappings())
 
     def renew_leases(
         self, conn: Connection, worker_id: str, held: Sequence[tuple[str, int]],
@@ -698,7 +835,8 @@ class Store:
         written: list[str] = []
         logs: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        completed: list[str] = []
+        parents: list[str] = []  # completed jobs that have dependents
+        unknown: list[str] = []
         failed: list[tuple[str, str]] = []
         successes = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
         applied = self._complete_many(conn, successes) if successes else {}
@@ -723,19 +861,22 @@ class Store:
                 "error_traceback": outcome.error_traceback,
             })
             if row["status"] == Status.COMPLETED.value:
-                completed.append(outcome.job_id)
+                if "has_dependents" not in row:
+                    unknown.append(outcome.job_id)
+                elif row["has_dependents"]:
+                    parents.append(outcome.job_id)
             elif row["status"] in (Status.DEAD_LETTER.value, Status.CANCELED.value):
                 failed.append((outcome.job_id, row["status"]))
         if logs:
             conn.execute(insert(job_execution_log), logs)
         self.insert_events(conn, events)
-        if completed:
-            parents = conn.execute(
+        if unknown:  # completed jobs whose row did not say whether they have dependents
+            parents += conn.execute(
                 select(job_dependencies.c.depends_on_id).distinct()
-                .where(job_dependencies.c.depends_on_id.in_(completed))
+                .where(job_dependencies.c.depends_on_id.in_(unknown))
             ).scalars().all()
-            for parent in parents:
-                self.promote_ready_dependents(conn, parent)
+        for parent in parents:
+            self.promote_ready_dependents(conn, parent)
         for parent, status in failed:
             self.cancel_dependents(conn, parent, status)
         return written

@@ -7,8 +7,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Integer, String, column, create_engine, func, select, update, values
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    bindparam,
+    column,
+    create_engine,
+    exists,
+    func,
+    select,
+    true,
+    tuple_,
+    update,
+    values,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -16,7 +30,7 @@ from ..domain.outcomes import Outcome
 from ..domain.statuses import Status
 from .base import EVENT_COLUMNS, Store
 from .clock import db_now
-from .schema import ACTIVE_HASH_PREDICATE, jobs
+from .schema import ACTIVE_HASH_PREDICATE, job_dependencies, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
 EVENTS_CHANNEL = "dartwing_jobs_events"
@@ -55,6 +69,33 @@ class PostgresStore(Store):
     def _lock_for_claim(self, stmt: Any) -> Any:
         return stmt.with_for_update(skip_locked=True)
 
+    def organization_heads(
+        self, conn: Connection, priority: int, wanted: Sequence[tuple[str, int]],
+        job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+        blocked_pairs: Sequence[tuple[str, str]], exclude_ids: Sequence[str],
+    ) -> list[RowMapping]:
+        """One statement for every organization: ``unnest`` of (organization, k)
+        joined LATERAL to its first ``k`` due jobs, locked ``FOR UPDATE SKIP LOCKED``
+        (jobs another claimer holds are passed over, never waited for)."""
+        if not wanted:
+            return []
+        share = func.unnest(
+            bindparam("head_orgs", [o for o, _ in wanted], type_=ARRAY(String)),
+            bindparam("head_ks", [k for _, k in wanted], type_=ARRAY(Integer)),
+        ).table_valued("org", "k").render_derived()
+        head = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at)
+                .where(jobs.c.organization == share.c.org, jobs.c.priority == priority,
+                       *self._claim_filters(job_type_filter, paused_types)))
+        if blocked_pairs:
+            head = head.where(tuple_(jobs.c.organization, jobs.c.job_type)
+                              .not_in(list(blocked_pairs)))
+        if exclude_ids:
+            head = head.where(jobs.c.id.not_in(list(exclude_ids)))
+        lateral = (head.order_by(jobs.c.due_at).limit(share.c.k)
+                   .with_for_update(skip_locked=True).lateral("head"))
+        stmt = select(*lateral.c).select_from(share.join(lateral, true()))
+        return list(conn.execute(stmt).mappings())
+
     def _complete_many(
         self, conn: Connection, outcomes: Sequence[Outcome]
     ) -> dict[tuple[str, int], RowMapping]:
@@ -71,7 +112,8 @@ class PostgresStore(Store):
             .values(status=Status.COMPLETED.value, result=done.c.result, progress=100.0,
                     completed_at=db_now(), modified_at=db_now(), lease_expires_at=None,
                     error_type=None, error_message=None, error_traceback=None)
-            .returning(*EVENT_COLUMNS)
+            .returning(*EVENT_COLUMNS, exists().where(
+                job_dependencies.c.depends_on_id == jobs.c.id).label("has_dependents"))
         ).mappings().all()
         return {(r["id"], r["attempts"]): r for r in rows}
 
@@ -79,8 +121,19 @@ class PostgresStore(Store):
         super().insert_events(conn, events)
         if events:
             # Wakes the realtime outbox readers at commit.
-            conn.execute(select(func.pg_notify(EVENTS_CHANNEL, "")))
+            self._notify_once(conn, EVENTS_CHANNEL)
 
     def notify_jobs_available(self, conn: Connection) -> None:
-        # Delivered at commit, and only if the transaction commits.
-        conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
+        self._notify_once(conn, NOTIFY_CHANNEL)
+
+    @staticmethod
+    def _notify_once(conn: Connection, channel: str) -> None:
+        """``NOTIFY`` is delivered at commit, only if the transaction commits, and
+        once however often it is sent: so send it once per transaction."""
+        transaction = conn.get_transaction()
+        sent = conn.info.setdefault("dartwing_notified", {})
+        if transaction is not None and sent.get(channel) is transaction:
+            return
+        conn.execute(select(func.pg_notify(channel, "")))
+        if transaction is not None:
+            sent[channel] = transaction

@@ -312,3 +312,38 @@ maintenance_runs = Table(
     Column("finished_at", Epoch),
     Column("rows_deleted", BigInteger),
 )
+
+# Claim controls (migration 0004, issue 10), read by every claim so that changes
+# take effect without restarting workers. One row per organization and job type;
+# ``job_type = ''`` is the organization as a whole. ``max_running`` NULL means the
+# global default (``Settings.max_running_per_organization``), 0 pauses; ``max_queued``
+# (quota of not-yet-started jobs, organization rows only) NULL means the default.
+ALL_JOB_TYPES = ""
+organization_limits = Table(
+    "organization_limits",
+    metadata,
+    Column(
+        "organization",
+        String(140),
+        ForeignKey("organizations.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("job_type", String(140), primary_key=True),
+    Column("max_running", Integer),
+    Column("max_queued", Integer),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("modified_at", Epoch, nullable=False),
+)
+
+# A paused job type: its jobs stay queued and no claim takes them until resumed.
+paused_job_types = Table(
+    "paused_job_types",
+    metadata,
+    Column(
+        "job_type",
+        String(140),
+        ForeignKey("job_types.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("paused_at", Epoch, nullable=False),
+)

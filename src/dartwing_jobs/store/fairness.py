@@ -1,0 +1,172 @@
+"""Fair claiming between organizations (issue 10).
+
+One claim, inside its transaction, with a bounded number of statements:
+
+1. the most urgent priority with a due job (the claim index, one probe);
+2. a bounded skip scan over ``ix_background_jobs_org_claimable`` naming the
+   organizations with claimable jobs in name order, starting after the
+   organization this worker served last and wrapping around, each flagged with
+   whether it has a due job at that priority (one index probe per step);
+3. for organizations with a concurrency limit: their ``organizations`` rows are
+   locked (PostgreSQL: ``FOR NO KEY UPDATE SKIP LOCKED``, so two claimers never
+   count the same organization at once, and neither blocks submissions) and their
+   running jobs counted, giving each a budget for this claim;
+4. each chosen organization's first ``k`` due jobs at that priority by due time
+   (PostgreSQL: a ``LATERAL`` per organization with ``FOR UPDATE SKIP LOCKED``;
+   SQLite: ``UNION ALL`` of LIMITed ranges) - at most about ``limit`` rows;
+5. the jobs are interleaved round robin (rank inside its organization, then
+   rotation order) and the first ``limit`` are claimed by the caller's UPDATE.
+
+If the top priority cannot fill the claim, the next priority follows; a ready
+``critical`` job therefore always goes before any ``high`` one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection, RowMapping
+
+from .controls import Controls, running_counts
+
+if TYPE_CHECKING:
+    from .base import Store
+
+#: Upper bound of skip-scan steps in one walk, whatever the claim size.
+MAX_STEPS = 1000
+#: Fetch rounds per priority level (a second round tops up from organizations
+#: that had more jobs than their first share).
+ROUNDS = 2
+
+
+class FairChoice:
+    """Chooses the jobs of one claim; lives for one claim only."""
+
+    def __init__(self, store: Store, conn: Connection, controls: Controls,
+                 job_type_filter: Sequence[str] | None) -> None:
+        self.store = store
+        self.conn = conn
+        self.controls = controls
+        self.policy = store.claim_policy
+        self.job_type_filter = job_type_filter
+        self.blocked: set[str] = set(controls.paused_orgs)
+        self.checked: set[str] = set()
+        self.org_budget: dict[str, int] = {}
+        self.type_budget: dict[tuple[str, str], int] = {}
+
+    def choose(self, limit: int, cursor: str) -> tuple[list[str], str]:
+        """Job ids in start order, and the new rotation cursor."""
+        chosen: list[str] = []
+        priority = -1
+        while len(chosen) < limit:
+            found = self.store.next_due_priority(
+                self.conn, priority, self.job_type_filter, self.controls.paused_types)
+            if found is None:
+                break
+            priority = found
+            picked, cursor = self._level(priority, limit - len(chosen), cursor)
+            chosen += picked
+        return chosen, cursor
+
+    # -- one priority level ----------------------------------------------------
+
+    def _organizations(self, priority: int, want: int, cursor: str
+                       ) -> tuple[list[str], str | None]:
+        """Organizations with a due job at ``priority`` that may start jobs now, in
+        rotation order after ``cursor``; and the last organization looked at."""
+        steps = min(MAX_STEPS, want * self.policy.scan_factor + len(self.blocked) + 4)
+        walked = self.store.walk_organizations(
+            self.conn, priority, cursor, None, steps, self.job_type_filter,
+            self.controls.paused_types)
+        if len(walked) < steps and cursor:  # reached the end: wrap around
+            walked += self.store.walk_organizations(
+                self.conn, priority, "", cursor, steps - len(walked), self.job_type_filter,
+                self.controls.paused_types)
+        last = walked[-1][0] if walked else None
+        orgs = [o for o, due in walked if due and o not in self.blocked]
+        unchecked = [o for o in orgs if o not in self.checked and (
+            self.controls.org_limit(o, self.policy) is not None
+            or self.controls.limited_types(o))]
+        if unchecked:
+            self._check_limits(unchecked)
+            orgs = [o for o in orgs if o not in self.blocked]
+        return orgs[:want], last
+
+    def _check_limits(self, names: list[str]) -> None:
+        locked = self.store.lock_organizations(self.conn, names)
+        counts = running_counts(self.conn, sorted(locked))
+        for org in names:
+            self.checked.add(org)
+            if org not in locked:  # another claimer is counting it right now
+                self.blocked.add(org)
+                continue
+            limit = self.controls.org_limit(org, self.policy)
+            if limit is not None:
+                running = sum(n for (o, _), n in counts.items() if o == org)
+                self.org_budget[org] = limit - running
+                if limit - running <= 0:
+                    self.blocked.add(org)
+            for job_type, type_limit in self.controls.limited_types(org).items():
+                self.type_budget[(org, job_type)] = type_limit - counts.get((org, job_type), 0)
+
+    def _level(self, priority: int, want: int, cursor: str) -> tuple[list[str], str]:
+        orgs, last_seen = self._organizations(priority, want, cursor)
+        picked: list[str] = []
+        fetched: list[str] = []
+        last_served: str | None = None
+        active = orgs
+        for _ in range(ROUNDS):
+            if not active or len(picked) >= want:
+                break
+            share = math.ceil((want - len(picked)) / len(active))
+            wanted = [(o, min(share, self.org_budget.get(o, share))) for o in active]
+            wanted = [(o, k) for o, k in wanted if k > 0]
+            if not wanted:
+                break
+            blocked_pairs = sorted(pair for pair, n in self.type_budget.items()
+                                   if n <= 0 and pair[0] in active)
+            rows = self.store.organization_heads(
+                self.conn, priority, wanted, self.job_type_filter,
+                self.controls.paused_types, blocked_pairs, fetched)
+            fetched += [r["id"] for r in rows]
+            taken, served = self._interleave(rows, [o for o, _ in wanted], want - len(picked))
+            picked += taken
+            last_served = served or last_served
+            returned: dict[str, int] = {}
+            for r in rows:
+                returned[r["organization"]] = returned.get(r["organization"], 0) + 1
+            # Organizations that had at least their share may have more.
+            active = [o for o, k in wanted
+                      if returned.get(o, 0) >= k and self.org_budget.get(o, 1) > 0]
+        return picked, last_served or last_seen or cursor
+
+    def _interleave(self, rows: Sequence[RowMapping], rotation: list[str], want: int
+                    ) -> tuple[list[str], str | None]:
+        """Round robin: every organization's first job in rotation order, then every
+        second job, ...; budgets of limited organizations and job types respected."""
+        position = {o: i for i, o in enumerate(rotation)}
+        by_org: dict[str, list[RowMapping]] = {}
+        for row in rows:
+            by_org.setdefault(row["organization"], []).append(row)
+        ranked: list[tuple[int, int, RowMapping]] = []
+        for org, own in by_org.items():
+            own.sort(key=lambda r: (r["due_at"], r["id"]))
+            ranked += [(rank, position[org], r) for rank, r in enumerate(own)]
+        ranked.sort(key=lambda t: (t[0], t[1]))
+        taken: list[str] = []
+        served: str | None = None
+        for _, _, row in ranked:
+            if len(taken) >= want:
+                break
+            org, pair = row["organization"], (row["organization"], row["job_type"])
+            if self.org_budget.get(org, 1) <= 0 or self.type_budget.get(pair, 1) <= 0:
+                continue
+            taken.append(row["id"])
+            served = org
+            if org in self.org_budget:
+                self.org_budget[org] -= 1
+            if pair in self.type_budget:
+                self.type_budget[pair] -= 1
+        return taken, served
