@@ -34,7 +34,7 @@ class ClaimPolicy:
     default_max_queued: int | None = None
     #: Skip-scan steps per wanted organization before a claim gives up looking
     #: (bounds the cost of a claim when many organizations are paused or full).
-    scan_factor: int = 4
+    scan_factor: int = 1
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class FairChoice:
                        ) -> tuple[list[str], str | None]:
         """Organizations with a due job at ``priority`` that may start jobs now, in
         rotation order after ``cursor``; and the last organization looked at."""
-        steps = min(MAX_STEPS, want * self.policy.scan_factor + len(self.blocked) + 4)
+        steps = min(MAX_STEPS, want * self.policy.scan_factor + len(self.blocked) + 8)
         walked = self.store.walk_organizations(
             self.conn, priority, cursor, None, steps, self.job_type_filter,
             self.controls.paused_types)
