@@ -49,11 +49,11 @@ def summarize(collapsed: Path, top: int) -> str:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        # With --subprocesses each stack starts with 'process PID:"<command line>"':
-        # group by command line (the supervisor, its children), not by pid.
+        # With --subprocesses each stack starts with 'process PID:"<command line>"'
+        # (forked children share the supervisor's command line: keep the pid).
         key = "process"
         if frames and frames[0].startswith("process "):
-            key = frames[0].split(":", 1)[-1].strip('"')[:90]
+            key = frames[0][:100]
             frames = frames[1:]
         if frames and frames[0].startswith("thread "):
             frames = frames[1:]
@@ -80,7 +80,11 @@ def main() -> int:
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--summarize", type=Path, help="only summarize a saved profile")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize, args.top))
+        return 0
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"profile-{args.backend}-{stamp}.txt"
