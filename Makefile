@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DB ?= sqlite:///./var/dartwing_jobs.db
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit install clean bench chromium
+.PHONY: run test lint unit install clean bench soak chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ test: $(STAMP) lint
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# Benchmarks against peers: their own virtualenv, outside .venv (see bench/README.md).
+BENCH_VENV := .bench-venv
+BENCH_ARGS ?=
+SOAK_ARGS ?=
+
+bench:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements-peers.txt -e .
+	$(BENCH_VENV)/bin/python bench/run_all.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/http_load.py
+
+# Ten minutes of mixed jobs with a worker SIGKILLed every minute (not in CI).
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # Debian's chromium for the dashboard's browser tests (root on CI and dev machines).
 chromium:
