@@ -524,7 +524,13 @@ class Store:
 
     def insert_events(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
         if events:
-            conn.execute(insert(job_events).values(created_at=db_now()), list(events))
+            self.insert_rows(conn, job_events, events, created_at=db_now())
+
+    def insert_rows(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]],
+                    **constants: Any) -> None:
+        """Insert many rows of ``table`` (same keys each), with ``constants`` (SQL
+        expressions allowed) in every row."""
+        conn.execute(insert(table).values(**constants), list(rows))
 
     def insert_status_event(
         self, conn: Connection, job: RowMapping, error: dict[str, Any] | None = None
@@ -868,7 +874,7 @@ class Store:
             elif row["status"] in (Status.DEAD_LETTER.value, Status.CANCELED.value):
                 failed.append((outcome.job_id, row["status"]))
         if logs:
-            conn.execute(insert(job_execution_log), logs)
+            self.insert_rows(conn, job_execution_log, logs)
         self.insert_events(conn, events)
         if unknown:  # completed jobs whose row did not say whether they have dependents
             parents += conn.execute(

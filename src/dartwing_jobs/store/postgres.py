@@ -12,10 +12,12 @@ from sqlalchemy import (
     Integer,
     String,
     bindparam,
+    cast,
     column,
     create_engine,
     exists,
     func,
+    insert,
     select,
     true,
     tuple_,
@@ -33,6 +35,14 @@ from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, job_dependencies, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
+
+
+def literal_column_or(value: Any) -> Any:
+    """A SQL expression as is; a plain value as a bound parameter."""
+    from sqlalchemy.sql.expression import ColumnElement, literal
+
+    return value if isinstance(value, ColumnElement) else literal(value)
+
 EVENTS_CHANNEL = "dartwing_jobs_events"
 
 
@@ -116,6 +126,25 @@ class PostgresStore(Store):
                 job_dependencies.c.depends_on_id == jobs.c.id).label("has_dependents"))
         ).mappings().all()
         return {(r["id"], r["attempts"]): r for r in rows}
+
+    def insert_rows(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]],
+                    **constants: Any) -> None:
+        """``INSERT ... SELECT unnest(:a), unnest(:b), ...``: one statement whose text
+        does not depend on the number of rows, so it is compiled and prepared once,
+        and one round trip whatever the batch size."""
+        if not rows:
+            return
+        names = list(rows[0])
+        arrays = [
+            func.unnest(cast(bindparam(f"rows_{name}", type_=ARRAY(table.c[name].type)),
+                             ARRAY(table.c[name].type)))
+            for name in names
+        ]
+        stmt = insert(table).from_select(
+            [*names, *constants],
+            select(*arrays, *(literal_column_or(v) for v in constants.values())),
+        )
+        conn.execute(stmt, {f"rows_{name}": [r[name] for r in rows] for name in names})
 
     def insert_events(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
         super().insert_events(conn, events)
