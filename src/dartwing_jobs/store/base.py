@@ -9,6 +9,7 @@ boundaries, including running inside a caller's own transaction.
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +75,7 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-class Store:
+class Store(ABC):
     """Shared Core queries. Subclasses provide ``_create_engine`` and backend-only
     behaviour; nothing here depends on the dialect except through SQLAlchemy."""
 
@@ -90,8 +91,9 @@ class Store:
 
     # -- connections -------------------------------------------------------
 
+    @abstractmethod
     def _create_engine(self, url: str, **options: Any) -> Engine:
-        raise NotImplementedError  # pragma: no cover - every backend overrides
+        """The backend's SQLAlchemy engine, configured for it."""
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -119,7 +121,7 @@ class Store:
             cfg = alembic_config(conn)
             command.upgrade(cfg, "head")
 
-    def notify_jobs_available(self, conn: Connection) -> None:
+    def notify_jobs_available(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Wake idle workers after commit. No-op where workers poll."""
 
     def now(self, conn: Connection) -> float:
@@ -371,8 +373,9 @@ class Store:
         by_id = {r["id"]: r for r in created}
         return [by_id[v["id"]] for v in values]
 
+    @abstractmethod
     def _insert_ignoring_duplicate(self, row: dict[str, Any] | list[dict[str, Any]]) -> Any:
-        raise NotImplementedError  # pragma: no cover - every backend overrides
+        """An INSERT of ``row`` that does nothing on a duplicate of an active job."""
 
     # -- jobs: reads -------------------------------------------------------
 
