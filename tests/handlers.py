@@ -208,3 +208,11 @@ def record_beat(ctx: JobContext) -> dict[str, Any]:
         with eng.begin() as conn:
             conn.execute(update(ledger).where(ledger.c.id == row_id).values(ended=time.time()))
     return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+def returns_nul(ctx: JobContext) -> dict[str, Any]:
+    return {"text": "a\x00b"}
+
+
+def raises_hostile(ctx: JobContext) -> None:
+    raise ValueError("bad \x00 byte and a lone \ud800 surrogate")

@@ -133,8 +133,24 @@ def validate_non_negative_number(value: Any, field: str) -> float:
 
 
 def validate_json_result(value: Any) -> Any:
-    """A handler's return value is stored as JSON; anything else fails the attempt."""
+    """A handler's return value (or checkpoint) is stored as JSON; anything else
+    fails the attempt. The same character rules as parameters apply: PostgreSQL
+    refuses NUL and lone surrogates, and one refused write must not wedge a
+    worker's batch of outcomes."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        result = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"handler result is not JSON-serializable: {exc}") from exc
+    try:
+        _check_tree(result, max_depth=10_000)
+    except ValidationError as exc:
+        raise ValidationError(
+            "handler result is not storable: " + exc.message.replace("parameters", "it")
+        ) from exc
+    return result
+
+
+def storable_text(text: str, limit: int | None = None) -> str:
+    """Text as both databases can store it: NUL and lone surrogates replaced."""
+    cleaned = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return cleaned if limit is None else cleaned[-limit:] if limit < 0 else cleaned[:limit]

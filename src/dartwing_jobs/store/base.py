@@ -356,19 +356,25 @@ class Store(ABC):
         rows = [dict(v, due_at=now, run_at=None, created_at=now, modified_at=now)
                 for v in values]
         created: list[RowMapping] = []
-        for start in range(0, len(rows), INSERT_CHUNK):  # keeps under bound-parameter limits
-            created += conn.execute(
-                self._insert_ignoring_duplicate(rows[start:start + INSERT_CHUNK])
-                .returning(*jobs.c)
-            ).mappings().all()
-        if len(created) < len(rows):
-            inserted = {r["id"] for r in created}
-            missing = next(v for v in values if v["id"] not in inserted)
-            twin = conn.execute(
-                select(jobs.c.id).where(jobs.c.job_hash == missing["job_hash"],
-                                        ACTIVE_HASH_PREDICATE)
-            ).scalar()
-            raise DuplicateJob(twin or "")
+        twin: str | None = None
+        # A savepoint: on a duplicate, none of the batch stays, even when the caller
+        # catches the error and commits its own transaction.
+        with conn.begin_nested() as savepoint:
+            for start in range(0, len(rows), INSERT_CHUNK):  # bound-parameter limits
+                created += conn.execute(
+                    self._insert_ignoring_duplicate(rows[start:start + INSERT_CHUNK])
+                    .returning(*jobs.c)
+                ).mappings().all()
+            if len(created) < len(rows):
+                inserted = {r["id"] for r in created}
+                missing = next(v for v in values if v["id"] not in inserted)
+                twin = conn.execute(
+                    select(jobs.c.id).where(jobs.c.job_hash == missing["job_hash"],
+                                            ACTIVE_HASH_PREDICATE)
+                ).scalar() or ""
+                savepoint.rollback()
+        if twin is not None:
+            raise DuplicateJob(twin)
         self.insert_events(conn, [self.status_event(r) for r in created])
         by_id = {r["id"]: r for r in created}
         return [by_id[v["id"]] for v in values]
@@ -554,9 +560,19 @@ class Store(ABC):
         candidates = select(job_dependencies.c.job_id).where(
             job_dependencies.c.depends_on_id == parent_id
         )
+        # Lock the pending dependents first: two workers completing two parents of
+        # one job at once then decide one after the other, the second seeing the
+        # first's commit (its next statement takes a fresh snapshot).
+        locked = conn.execute(
+            select(jobs.c.id)
+            .where(jobs.c.id.in_(candidates), jobs.c.status == Status.PENDING.value)
+            .with_for_update()
+        ).scalars().all()
+        if not locked:
+            return []
         rows = conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(candidates), jobs.c.status == Status.PENDING.value, ~unfinished)
+            .where(jobs.c.id.in_(locked), jobs.c.status == Status.PENDING.value, ~unfinished)
             .values(status=Status.QUEUED.value, due_at=func.coalesce(jobs.c.run_at, db_now()),
                     modified_at=db_now())
             .returning(*jobs.c)
@@ -776,33 +792,34 @@ class Store(ABC):
     def renew_leases(
         self, conn: Connection, worker_id: str, held: Sequence[tuple[str, int]],
         lease_seconds: float,
-    ) -> dict[str, bool]:
+    ) -> dict[tuple[str, int], bool]:
         """Extend the leases this worker still holds. Returns, for each attempt still
         held, whether a cancel was requested; an attempt missing from the answer
         was taken away (rescued, or the job deleted) and must stop."""
         if not held:
             return {}
-        attempts = dict(held)
         rows = conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(list(attempts)), jobs.c.worker_id == worker_id,
-                   jobs.c.status == Status.RUNNING.value)
+            .where(tuple_(jobs.c.id, jobs.c.attempts).in_(list(held)),
+                   jobs.c.worker_id == worker_id, jobs.c.status == Status.RUNNING.value)
             .values(lease_expires_at=db_now() + lease_seconds)
             .returning(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested)
         ).all()
-        return {r.id: bool(r.cancel_requested) for r in rows if attempts.get(r.id) == r.attempts}
+        return {(r.id, r.attempts): bool(r.cancel_requested) for r in rows}
 
-    def cancel_requests(self, conn: Connection, held: Sequence[tuple[str, int]]) -> set[str]:
+    def cancel_requests(
+        self, conn: Connection, held: Sequence[tuple[str, int]]
+    ) -> set[tuple[str, int]]:
+        """The attempts among ``held`` whose job was asked to stop."""
         if not held:
             return set()
-        attempts = dict(held)
         rows = conn.execute(
             select(jobs.c.id, jobs.c.attempts).where(
-                jobs.c.id.in_(list(attempts)), jobs.c.cancel_requested.is_(True),
-                jobs.c.status == Status.RUNNING.value,
+                tuple_(jobs.c.id, jobs.c.attempts).in_(list(held)),
+                jobs.c.cancel_requested.is_(True), jobs.c.status == Status.RUNNING.value,
             )
         ).all()
-        return {r.id for r in rows if attempts.get(r.id) == r.attempts}
+        return {(r.id, r.attempts) for r in rows}
 
     def write_progress(
         self, conn: Connection, updates: Sequence[tuple[str, int, float, str | None]]
@@ -917,14 +934,19 @@ class Store(ABC):
         else:
             current = conn.execute(
                 select(jobs.c.attempts, jobs.c.attempts_offset, jobs.c.max_retries,
-                       jobs.c.retry_backoff, jobs.c.retry_backoff_max).where(fence)
+                       jobs.c.retry_backoff, jobs.c.retry_backoff_max,
+                       jobs.c.cancel_requested).where(fence)
             ).first()
             if current is None:
                 return None
             used = current.attempts - current.attempts_offset
             errors = {"error_type": outcome.error_type, "error_message": outcome.error_message,
                       "error_traceback": outcome.error_traceback}
-            if outcome.kind is OutcomeKind.FAILED and used <= current.max_retries:
+            if current.cancel_requested:
+                # The cancel was accepted: a failing attempt must not bring it back.
+                values = dict(common, **errors, status=Status.CANCELED.value,
+                              completed_at=db_now())
+            elif outcome.kind is OutcomeKind.FAILED and used <= current.max_retries:
                 delay = retry_delay(used, current.retry_backoff, current.retry_backoff_max)
                 values = dict(common, **errors, status=Status.RETRYING.value,
                               next_retry_at=db_now() + delay, due_at=db_now() + delay)
@@ -949,13 +971,26 @@ class Store(ABC):
         """Give back attempts stopped by a shutdown, without charging them."""
         returned = 0
         for job_id, attempt in held:
+            fence = and_(jobs.c.id == job_id, jobs.c.attempts == attempt,
+                         jobs.c.status == Status.RUNNING.value)
+            canceled = conn.execute(
+                update(jobs)
+                .where(fence, jobs.c.cancel_requested.is_(True))
+                .values(status=Status.CANCELED.value, completed_at=db_now(),
+                        modified_at=db_now(), lease_expires_at=None, error_type="canceled",
+                        error_message="canceled by request")
+                .returning(*jobs.c)
+            ).mappings().first()
+            if canceled is not None:  # a cancel was accepted: it stays canceled
+                self.insert_status_event(conn, canceled)
+                self.cancel_dependents(conn, job_id, Status.CANCELED.value)
+                continue
             row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.attempts == attempt,
-                       jobs.c.status == Status.RUNNING.value)
+                .where(fence)
                 .values(status=Status.QUEUED.value, attempts=jobs.c.attempts - 1,
                         worker_id=None, lease_expires_at=None, started_at=None,
-                        due_at=db_now(), modified_at=db_now(), cancel_requested=False)
+                        due_at=db_now(), modified_at=db_now())
                 .returning(*jobs.c)
             ).mappings().first()
             if row is not None:

@@ -15,7 +15,6 @@ from sqlalchemy import (
     cast,
     column,
     create_engine,
-    exists,
     func,
     insert,
     select,
@@ -32,7 +31,7 @@ from ..domain.outcomes import Outcome
 from ..domain.statuses import Status
 from .base import EVENT_COLUMNS, Store
 from .clock import db_now
-from .schema import ACTIVE_HASH_PREDICATE, job_dependencies, jobs
+from .schema import ACTIVE_HASH_PREDICATE, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
 
@@ -122,8 +121,9 @@ class PostgresStore(Store):
             .values(status=Status.COMPLETED.value, result=done.c.result, progress=100.0,
                     completed_at=db_now(), modified_at=db_now(), lease_expires_at=None,
                     error_type=None, error_message=None, error_traceback=None)
-            .returning(*EVENT_COLUMNS, exists().where(
-                job_dependencies.c.depends_on_id == jobs.c.id).label("has_dependents"))
+            # Whether a job has dependents is asked by a later statement: this one's
+            # snapshot can predate a dependent committed while it waited for a lock.
+            .returning(*EVENT_COLUMNS)
         ).mappings().all()
         return {(r["id"], r["attempts"]): r for r in rows}
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..domain.errors import DartwingError, PermanentFailure
 from ..domain.outcomes import OutcomeKind
-from ..domain.validation import validate_json_result
+from ..domain.validation import storable_text, validate_json_result
 from ..handlers import resolve_handler
 from .context import JobCanceled, JobContext
 
@@ -116,7 +116,9 @@ class ChildRunner:
             attempt=attempt,
             parameters=spec["parameters"],
             last_checkpoint=spec["checkpoint"],
-            send_progress=lambda pct, msg: self.send(("progress", job_id, attempt, pct, msg)),
+            send_progress=lambda pct, msg: self.send((
+                "progress", job_id, attempt, pct,
+                None if msg is None else storable_text(str(msg), 1000))),
             save_checkpoint=lambda state: self._checkpoint(job_id, attempt, state),
             cancel_event=cancel_event,
         )
@@ -159,8 +161,9 @@ async def _await(value: Any) -> Any:
 
 
 def _error(kind: str, message: str, trace: str | None) -> dict[str, Any]:
+    # Exception texts are the handler's: make them storable before they travel.
     return {
-        "type": kind[:64],
-        "message": message[:2000],
-        "traceback": None if trace is None else trace[-MAX_TRACEBACK:],
+        "type": storable_text(kind, 64),
+        "message": storable_text(message, 2000),
+        "traceback": None if trace is None else storable_text(trace, -MAX_TRACEBACK),
     }

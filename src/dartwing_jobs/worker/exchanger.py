@@ -31,6 +31,11 @@ def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False)
     except DBAPIError as exc:
         log.warning("database error (will retry): %s", str(exc).splitlines()[0])
         return None
+    except Exception:
+        # Not the database's fault (a bug, a value it refused to encode): keep the
+        # thread alive and retry later rather than stop writing outcomes for good.
+        log.exception("unexpected error in a worker transaction (will retry)")
+        return None
 
 
 class Exchanger:

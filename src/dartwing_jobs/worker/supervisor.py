@@ -35,6 +35,7 @@ from .exchanger import Exchanger, in_transaction
 log = logging.getLogger("dartwing_jobs.worker")
 
 FAILPOINT_ENV = "DARTWING_JOBS_FAILPOINT"
+_UNKNOWN = object()  # a job type that could not be looked up
 
 
 @dataclass
@@ -147,6 +148,11 @@ class Supervisor:
         finally:
             self._listener_stop.set()
             self._exchanger.stop()
+            with self._buffer_lock:  # a claim in flight when the loop ended
+                leftover = [(r["id"], r["attempts"]) for r in self._buffer]
+                self._buffer.clear()
+            if leftover:
+                self._db(lambda conn: self.store.return_to_queue(conn, leftover))
             for slot in self._slots:
                 self._stop_child(slot)
             log.info("worker %s stopped", self.worker_id)
@@ -262,6 +268,13 @@ class Supervisor:
         )
         slot.kill_at = None
         job_type = self._job_type(job["job_type"])
+        if job_type is _UNKNOWN:
+            # The job types could not be read (the database blinked): try it again
+            # later rather than condemn the job.
+            self._release(slot)
+            with self._buffer_lock:
+                self._buffer.appendleft(job)
+            return
         if job_type is None or not job_type["enabled"]:
             reason = "is disabled" if job_type is not None else "no longer exists"
             self._finish(slot, OutcomeKind.PERMANENT, None,
@@ -282,13 +295,16 @@ class Supervisor:
         except (OSError, EOFError):
             self._child_died(slot)
 
-    def _job_type(self, name: str) -> RowMapping | None:
+    def _job_type(self, name: str) -> Any:
+        """The job type's row, None if it does not exist, or ``_UNKNOWN`` when the
+        database could not be asked."""
         now = time.monotonic()
         if name not in self._job_types or now - self._job_types_loaded > 5.0:
             rows = self._db(lambda conn: self.store.list_job_types(conn), read=True)
-            if rows is not None:
-                self._job_types = {r["name"]: r for r in rows}
-                self._job_types_loaded = now
+            if rows is None:
+                return self._job_types.get(name, _UNKNOWN)
+            self._job_types = {r["name"]: r for r in rows}
+            self._job_types_loaded = now
         return self._job_types.get(name)
 
     # -- messages from children --------------------------------------------
@@ -390,10 +406,11 @@ class Supervisor:
             self._last_renewal_ok = now
             return
 
-        def beat(conn: Any) -> tuple[dict[str, bool] | None, set[str]]:
+        def beat(conn: Any) -> tuple[dict[tuple[str, int], bool] | None,
+                                     set[tuple[str, int]]]:
             if renew:
                 kept = self.store.renew_leases(conn, self.worker_id, held, self.lease)
-                return kept, {job_id for job_id, flag in kept.items() if flag}
+                return kept, {key for key, flag in kept.items() if flag}
             return None, self.store.cancel_requests(conn, held)
 
         answer = self._db(beat)
@@ -406,29 +423,30 @@ class Supervisor:
             self._last_renewal_ok = now
             self._next_renewal = now + self.lease / 3
             for slot in busy:
-                if slot.busy and slot.attempt[0] not in kept:
+                if slot.busy and slot.attempt not in kept:
                     log.warning("lost the lease of job %s; stopping its attempt", slot.attempt[0])
                     self._kill(slot)
                     self._release(slot)
                     self._replace(slot)
-            lost = {job_id for job_id, _ in buffered} - set(kept)
+            lost = set(buffered) - set(kept)
             if lost:
                 with self._buffer_lock:
-                    self._buffer = deque(r for r in self._buffer if r["id"] not in lost)
+                    self._buffer = deque(r for r in self._buffer
+                                         if (r["id"], r["attempts"]) not in lost)
         self._cancel_buffered(cancels)
         grace = float(self.settings.cancel_grace_seconds)
         for slot in busy:
-            if slot.busy and slot.attempt[0] in cancels and slot.kill_at is None:
+            if slot.busy and slot.attempt in cancels and slot.kill_at is None:
                 slot.kill_at = now + grace
                 try:
                     slot.conn.send(("cancel", slot.attempt[0]))
                 except (OSError, EOFError):
                     self._child_died(slot)
 
-    def _cancel_buffered(self, cancels: set[str]) -> None:
+    def _cancel_buffered(self, cancels: set[tuple[str, int]]) -> None:
         """A job canceled while still in the buffer never starts."""
         with self._buffer_lock:
-            canceled = [r for r in self._buffer if r["id"] in cancels]
+            canceled = [r for r in self._buffer if (r["id"], r["attempts"]) in cancels]
             for row in canceled:
                 self._buffer.remove(row)
         for row in canceled:
@@ -449,7 +467,8 @@ class Supervisor:
                 self._replace(slot)
         with self._buffer_lock:
             self._buffer.clear()
-        self._exchanger.drop_pending()
+        # Outcomes already received stay queued: their writes are fenced, and a
+        # completed job must not be rescued as lost.
 
     # -- child processes ---------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Edge cases of the worker's storage path, found in review: cancels that must
+stick, batches that are all or nothing, leases fenced by attempt, and handler text
+that the database would refuse."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from dartwing_jobs.domain.errors import DuplicateJob
+from dartwing_jobs.domain.outcomes import Outcome, OutcomeKind
+from dartwing_jobs.store.schema import jobs
+from dartwing_jobs.worker.child import ChildRunner
+from tests.conftest import World
+
+
+def claim(world: World, n: int = 1) -> list[dict[str, object]]:
+    with world.engine.store.transaction() as conn:
+        return [dict(r) for r in world.engine.store.claim_jobs(conn, "w1", n, 30.0)]
+
+
+def failed(job_id: str, attempt: int) -> Outcome:
+    return Outcome(job_id=job_id, attempt=attempt, kind=OutcomeKind.FAILED, worker_id="w1",
+                   started_at=0.0, duration_ms=1.0, error_type="RuntimeError",
+                   error_message="boom")
+
+
+def test_a_failing_attempt_of_a_cancel_requested_job_ends_canceled(world: World) -> None:
+    job = world.submit()
+    (row,) = claim(world)
+    assert world.engine.cancel_job(job.id).cancel_requested is True
+    with world.engine.store.transaction() as conn:
+        world.engine.store.record_outcomes(conn, [failed(job.id, int(row["attempts"]))])
+    assert world.engine.get_job(job.id).status == "canceled"
+
+
+def test_shutdown_does_not_requeue_a_cancel_requested_job(world: World) -> None:
+    job = world.submit()
+    (row,) = claim(world)
+    world.engine.cancel_job(job.id)
+    with world.engine.store.transaction() as conn:
+        world.engine.store.return_to_queue(conn, [(job.id, int(row["attempts"]))])
+    assert world.engine.get_job(job.id).status == "canceled"
+
+
+def test_leases_are_renewed_per_attempt_not_per_job(world: World) -> None:
+    job = world.submit()
+    (row,) = claim(world)
+    attempt = int(row["attempts"])
+    with world.engine.store.transaction() as conn:
+        kept = world.engine.store.renew_leases(conn, "w1", [(job.id, attempt + 1)], 30.0)
+        assert kept == {}
+        kept = world.engine.store.renew_leases(conn, "w1", [(job.id, attempt)], 30.0)
+    assert kept == {(job.id, attempt): False}
+
+
+def test_submit_jobs_keeps_nothing_of_a_refused_batch_in_the_caller_s_transaction(
+        world: World) -> None:
+    first = world.submit(parameters={"n": "dup"})
+
+    def count() -> int:
+        with world.engine.store.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(jobs)).scalar_one())
+
+    before = count()
+    with world.engine.transaction() as tx:
+        with pytest.raises(DuplicateJob) as info:
+            world.engine.submit_jobs("noop", "acme", [{"n": "fresh"}, {"n": "dup"}], tx=tx)
+        assert info.value.existing_job_id == first.id
+    assert count() == before
+
+
+@pytest.mark.parametrize("handler", ["returns_nul", "raises_hostile"])
+def test_handler_text_the_database_refuses_becomes_a_storable_failure(
+        world: World, handler: str) -> None:
+    world.engine.job_types.register(handler, handler=f"tests.handlers:{handler}",
+                                    max_retries=0)
+    job = world.submit(job_type=handler)
+    (row,) = claim(world)
+    runner = ChildRunner(None, world.engine.settings.database_url,  # type: ignore[arg-type]
+                         world.engine.settings.handler_prefixes)
+    spec = {"job_id": job.id, "attempt": row["attempts"], "organization": "acme",
+            "job_type": handler, "handler": f"tests.handlers:{handler}",
+            "parameters": {}, "checkpoint": None}
+    kind, result, error = runner._run(spec, threading.Event())
+    assert kind is OutcomeKind.FAILED and result is None and error is not None
+    outcome = Outcome(job_id=job.id, attempt=int(row["attempts"]), kind=kind, worker_id="w1",
+                      started_at=0.0, duration_ms=1.0, error_type=error["type"],
+                      error_message=error["message"], error_traceback=error["traceback"])
+    with world.engine.store.transaction() as conn:
+        assert world.engine.store.record_outcomes(conn, [outcome]) == [job.id]
+    stored = world.engine.get_job(job.id)
+    assert stored.status == "dead_letter"
+    assert stored.error is not None and "\x00" not in stored.error["message"]
