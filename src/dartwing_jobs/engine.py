@@ -23,6 +23,7 @@ from .access import (
 from .config import Settings
 from .domain.errors import (
     Forbidden,
+    InvalidState,
     NotFound,
     QuotaExceeded,
     ValidationError,
@@ -451,7 +452,20 @@ class Engine:
             if not principal.can_manage_job(row["organization"], row["submitted_by"]):
                 raise Forbidden("only the submitter, an organization admin or a System "
                                 "Manager may retry this job")
+            self._require_dependencies_completed(conn, row)
             return self._job(conn, self.store.retry_job(conn, job_id))
+
+    def _require_dependencies_completed(self, conn: Connection, row: RowMapping) -> None:
+        """A retried job runs at once, so its dependencies must have completed;
+        until then a retry is refused and changes nothing."""
+        deps = self.store.dependencies_of(conn, [row["id"]]).get(row["id"], [])
+        if not deps:
+            return
+        for dep in self.store.lock_dependencies(conn, deps):
+            if dep["status"] != Status.COMPLETED.value:
+                raise InvalidState(
+                    f"dependency {dep['id']} is {dep['status']}: retry it first, then "
+                    "this job once it has completed", status=row["status"])
 
     # -- maintenance (trusted code: workers and the scheduler) ----------------
 

@@ -94,3 +94,23 @@ def test_handler_text_the_database_refuses_becomes_a_storable_failure(
     stored = world.engine.get_job(job.id)
     assert stored.status == "dead_letter"
     assert stored.error is not None and "\x00" not in stored.error["message"]
+
+
+def test_retry_waits_for_dependencies_to_complete(world: World) -> None:
+    parent = world.submit()
+    child = world.submit(depends_on=[parent.id])
+    world.engine.cancel_job(parent.id)  # the child is canceled with dependency_failed
+    assert world.engine.get_job(child.id).status == "canceled"
+    from dartwing_jobs.domain.errors import InvalidState
+
+    with pytest.raises(InvalidState) as info:
+        world.engine.retry_job(child.id)
+    assert parent.id in info.value.message
+    assert world.engine.get_job(child.id).status == "canceled"  # nothing changed
+    world.engine.retry_job(parent.id)
+    (row,) = claim(world)
+    with world.engine.store.transaction() as conn:
+        world.engine.store.record_outcomes(conn, [Outcome(
+            job_id=parent.id, attempt=int(row["attempts"]), kind=OutcomeKind.COMPLETED,
+            worker_id="w1", started_at=0.0, duration_ms=1.0, result={})])
+    assert world.engine.retry_job(child.id).status == "queued"

@@ -441,7 +441,24 @@ class Store(ABC):
     def cancel_job(self, conn: Connection, job_id: str) -> RowMapping:
         """One conditional update decides: a job not yet running is canceled, a
         running one is asked to stop. Whatever the claimer does concurrently, the
-        database serialises the two updates, so never both and never neither."""
+        database serialises the two updates, so never both and never neither.
+        (A job that moved from running to retrying between the two is tried again:
+        it is still cancelable.)"""
+        cancelable = {s.value for s in CANCELABLE_AT_ONCE} | {Status.RUNNING.value}
+        status = "unknown"
+        for _ in range(3):
+            row = self._cancel_once(conn, job_id)
+            if row is not None:
+                return row
+            current = self.get_job(conn, job_id)
+            if current is None:
+                raise InvalidState("the job no longer exists", status="deleted")
+            status = current["status"]
+            if status not in cancelable:
+                raise InvalidState(f"a {status} job cannot be canceled", status=status)
+        raise InvalidState("the job kept changing state; try again", status=status)
+
+    def _cancel_once(self, conn: Connection, job_id: str) -> RowMapping | None:
         canceled = conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id,
@@ -465,14 +482,7 @@ class Store(ABC):
             .values(cancel_requested=True, modified_at=db_now())
             .returning(*jobs.c)
         ).mappings().first()
-        if requested is not None:
-            return requested
-        current = self.get_job(conn, job_id)
-        if current is None:
-            raise InvalidState("the job no longer exists", status="deleted")
-        raise InvalidState(
-            f"a {current['status']} job cannot be canceled", status=current["status"]
-        )
+        return requested
 
     def retry_job(self, conn: Connection, job_id: str) -> RowMapping:
         """Manual retry: the same job, queued again with a fresh retry budget."""
