@@ -14,7 +14,6 @@ Writes bench/results/realtime-<timestamp>.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from worker_throughput import ROOT, database, pct
+from worker_throughput import ROOT, database, pct, write_results
 
 from dartwing_jobs import Engine
 
@@ -114,10 +112,7 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
     results = [run(b, args.jobs, args.concurrency) for b in args.backends]
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"realtime-{stamp}.json").write_text(json.dumps(results, indent=2))
+    write_results("realtime", results)
     print("| backend | jobs | worker processes | progress events received | p50 ms | p99 ms "
           "| max ms |")
     print("|---|---|---|---|---|---|---|")

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -271,6 +270,15 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_results(prefix: str, results: Any) -> Path:
+    """bench/results/<prefix>-<UTC time>.json, the raw figures behind a table."""
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -278,13 +286,9 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
     results = [run(b, args.jobs, args.concurrency) for b in args.backends]
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"worker-{stamp}.json").write_text(json.dumps(results, indent=2))
+    path = write_results("worker", results)
     print(markdown(results))
-    print(f"\nmedian-free single run; raw figures in bench/results/worker-{stamp}.json")
-    _ = statistics  # kept for callers that aggregate several runs
+    print(f"\nsingle run; raw figures in {path.relative_to(ROOT)}")
     return 0
 
 

@@ -705,11 +705,17 @@ def build_operator_metrics(sub: SubParsers, common: argparse.ArgumentParser) -> 
 # -- long-running processes ------------------------------------------------------
 
 
+def log_to_stderr() -> None:
+    """Long-running commands report what they do; one-shot commands stay quiet."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def run_worker(ctx: Context) -> int:
     from .worker.__main__ import options_from
     from .worker.__main__ import run_worker as run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     return run(ctx.engine, options_from(ctx.args))
 
 
@@ -727,7 +733,7 @@ def run_serve(ctx: Context) -> int:
 
     if ctx.args.workers < 0:
         raise CommandFailed("validation_error", "--workers must be 0 or more")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     ctx.engine.migrate()
     serve_all(ctx.engine, host=ctx.args.host, port=ctx.args.port, workers=ctx.args.workers)
     return 0
@@ -747,7 +753,7 @@ def run_scheduler(ctx: Context) -> int:
     from .scheduler.__main__ import options_from
     from .scheduler.__main__ import run_scheduler as run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     return run(ctx.engine, options_from(ctx.args))
 
 

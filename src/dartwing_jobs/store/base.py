@@ -401,10 +401,6 @@ class Store(ABC):
             result.setdefault(row.job_id, []).append(row.depends_on_id)
         return result
 
-    def dependents_of(self, conn: Connection, job_id: str) -> list[str]:
-        stmt = select(job_dependencies.c.job_id).where(job_dependencies.c.depends_on_id == job_id)
-        return [r.job_id for r in conn.execute(stmt)]
-
     def list_jobs(
         self,
         conn: Connection,

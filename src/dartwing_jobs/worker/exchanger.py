@@ -120,10 +120,6 @@ class Exchanger:
         with self._lock:
             return len(self._outcomes)
 
-    def drop_pending(self) -> None:
-        with self._lock:
-            self._outcomes.clear()
-
     def stop(self, flush_attempts: int = 5) -> None:
         """Stop the thread, then write what is left (a few tries on errors)."""
         self._stop.set()
