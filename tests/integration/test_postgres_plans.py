@@ -127,7 +127,7 @@ def store_claim_plan(engine: Engine) -> str:
         engine.store.claim_jobs(conn, "plan-test", 10, 30.0)
         trans.rollback()
     (statement, params), *_ = [(s, p) for s, p in seen if "lease_expires_at" in s
-                               and s.lstrip().upper().startswith("UPDATE")]
+                               and s.lstrip().upper().startswith(("UPDATE", "WITH"))]
     with engine.store.engine.connect() as conn:
         return plan(conn, statement, params)
 

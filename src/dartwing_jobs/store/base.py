@@ -668,24 +668,40 @@ class Store(ABC):
         controls = read_controls(conn)
         policy = self.claim_policy
         if not policy.fair and not controls.active(policy):
-            chosen = self._lock_for_claim(
-                self._claimable(job_type_filter)
-                .order_by(jobs.c.priority, jobs.c.due_at, jobs.c.id)
-                .limit(limit)
-            )
-            rows = self._mark_claimed(conn, worker_id, lease_seconds,
-                                      jobs.c.id.in_(chosen.scalar_subquery()))
+            rows = self._claim_in_order(conn, worker_id, limit, lease_seconds, job_type_filter)
             return sorted(rows, key=lambda r: (r["priority"], r["due_at"], r["id"]))
         cursor = after_organization
         if cursor is None:
             cursor = self._claim_cursors.get(worker_id, "")
-        ids, cursor = FairChoice(self, conn, controls, job_type_filter).choose(limit, cursor)
+        choice = FairChoice(self, conn, controls, job_type_filter)
+        ids, cursor = choice.choose(limit, cursor)
         self._claim_cursors[worker_id] = cursor
         if not ids:
             return []
-        rows = self._mark_claimed(conn, worker_id, lease_seconds, jobs.c.id.in_(ids))
+        rows = self._claim_chosen(conn, worker_id, lease_seconds,
+                                  [(i, choice.attempts[i]) for i in ids])
         order = {job_id: i for i, job_id in enumerate(ids)}
         return sorted(rows, key=lambda r: order[r["id"]])
+
+    def _claim_in_order(self, conn: Connection, worker_id: str, limit: int,
+                        lease_seconds: float, job_type_filter: Sequence[str] | None
+                        ) -> list[RowMapping]:
+        """Claim the first ``limit`` due jobs by (priority, due time), with their
+        status events. Backends may do it in fewer round trips."""
+        chosen = self._lock_for_claim(
+            self._claimable(job_type_filter)
+            .order_by(jobs.c.priority, jobs.c.due_at, jobs.c.id)
+            .limit(limit)
+        )
+        return self._mark_claimed(conn, worker_id, lease_seconds,
+                                  jobs.c.id.in_(chosen.scalar_subquery()))
+
+    def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
+                      chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
+        """Claim the jobs a fair choice picked, ``(id, attempts as read)``, with
+        their status events."""
+        return self._mark_claimed(conn, worker_id, lease_seconds,
+                                  jobs.c.id.in_([job_id for job_id, _ in chosen]))
 
     def _mark_claimed(self, conn: Connection, worker_id: str, lease_seconds: float,
                       which: Any) -> list[RowMapping]:
@@ -776,11 +792,12 @@ class Store(ABC):
         blocked_pairs: Sequence[tuple[str, str]], exclude_ids: Sequence[str],
     ) -> list[RowMapping]:
         """The first ``k`` due jobs at ``priority`` of each ``(organization, k)``, by
-        due time: rows ``(id, organization, job_type, due_at)``. Here one LIMITed
+        due time: rows ``(id, organization, job_type, due_at, attempts)``. Here one LIMITed
         index range per organization, glued with UNION ALL."""
         members = []
         for org, k in wanted:
-            stmt = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at)
+            stmt = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at,
+                           jobs.c.attempts)
                     .where(jobs.c.organization == org, jobs.c.priority == priority,
                            *self._claim_filters(job_type_filter, paused_types))
                     .order_by(jobs.c.due_at).limit(k))
@@ -864,65 +881,75 @@ class Store(ABC):
         """Write the ends of attempts. Each write is conditional on the job still
         running this very attempt, so a worker that lost its lease (and a rescuer
         racing a late worker) changes nothing. Returns the ids actually written."""
-        written: list[str] = []
         logs: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        parents: list[str] = []  # completed jobs that have dependents
-        unknown: list[str] = []
         failed: list[tuple[str, str]] = []
         successes = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
-        applied = self._complete_many(conn, successes) if successes else {}
+        completed = self._complete_many(conn, successes) if successes else []
+        written = list(completed)
         for outcome in outcomes:
             if outcome.kind is OutcomeKind.COMPLETED:
-                row = applied.get((outcome.job_id, outcome.attempt))
-            else:
-                row = self._apply_outcome(conn, outcome)
+                continue
+            row = self._apply_outcome(conn, outcome)
             if row is None:
                 continue
             written.append(outcome.job_id)
             events.append(self.status_event(row))
-            logs.append({
-                "job_id": outcome.job_id, "organization": row["organization"],
-                "job_type": row["job_type"], "attempt": outcome.attempt,
-                "worker_id": outcome.worker_id, "started_at": outcome.started_at,
-                "finished_at": outcome.started_at + outcome.duration_ms / 1000.0,
-                "duration_ms": outcome.duration_ms,
-                "outcome": outcome.error_type if outcome.kind is OutcomeKind.FAILED
-                and outcome.error_type in ("timeout", "worker_lost") else outcome.kind.value,
-                "error_type": outcome.error_type, "error_message": outcome.error_message,
-                "error_traceback": outcome.error_traceback,
-            })
+            logs.append(self.log_row(outcome, row))
             if row["status"] == Status.COMPLETED.value:
-                if "has_dependents" not in row:
-                    unknown.append(outcome.job_id)
-                elif row["has_dependents"]:
-                    parents.append(outcome.job_id)
+                completed.append(outcome.job_id)
             elif row["status"] in (Status.DEAD_LETTER.value, Status.CANCELED.value):
                 failed.append((outcome.job_id, row["status"]))
         if logs:
             self.insert_rows(conn, job_execution_log, logs)
         self.insert_events(conn, events)
-        if unknown:  # completed jobs whose row did not say whether they have dependents
-            parents += conn.execute(
-                select(job_dependencies.c.depends_on_id).distinct()
-                .where(job_dependencies.c.depends_on_id.in_(unknown))
-            ).scalars().all()
+        # Asked by a later statement than the one that completed them: that one's
+        # snapshot can predate a dependent committed while it waited for a lock.
+        parents = self.having_dependents(conn, completed) if completed else []
         for parent in parents:
             self.promote_ready_dependents(conn, parent)
         for parent, status in failed:
             self.cancel_dependents(conn, parent, status)
         return written
 
-    def _complete_many(
-        self, conn: Connection, outcomes: Sequence[Outcome]
-    ) -> dict[tuple[str, int], RowMapping]:
-        """Mark successful attempts completed; backends may do it in one statement."""
-        applied = {}
+    def _complete_many(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[str]:
+        """Mark successful attempts completed, with their log rows and status
+        events; the ids written. Backends may do it in one statement."""
+        written: list[str] = []
+        logs: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         for outcome in outcomes:
             row = self._apply_outcome(conn, outcome)
             if row is not None:
-                applied[(row["id"], row["attempts"])] = row
-        return applied
+                written.append(outcome.job_id)
+                logs.append(self.log_row(outcome, row))
+                events.append(self.status_event(row))
+        if logs:
+            self.insert_rows(conn, job_execution_log, logs)
+        self.insert_events(conn, events)
+        return written
+
+    def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
+        """Those of ``job_ids`` that other jobs depend on."""
+        return list(conn.execute(
+            select(job_dependencies.c.depends_on_id).distinct()
+            .where(job_dependencies.c.depends_on_id.in_(list(job_ids)))
+        ).scalars())
+
+    @staticmethod
+    def log_row(outcome: Outcome, row: RowMapping) -> dict[str, Any]:
+        """The execution-log row of one finished attempt."""
+        return {
+            "job_id": outcome.job_id, "organization": row["organization"],
+            "job_type": row["job_type"], "attempt": outcome.attempt,
+            "worker_id": outcome.worker_id, "started_at": outcome.started_at,
+            "finished_at": outcome.started_at + outcome.duration_ms / 1000.0,
+            "duration_ms": outcome.duration_ms,
+            "outcome": outcome.error_type if outcome.kind is OutcomeKind.FAILED
+            and outcome.error_type in ("timeout", "worker_lost") else outcome.kind.value,
+            "error_type": outcome.error_type, "error_message": outcome.error_message,
+            "error_traceback": outcome.error_traceback,
+        }
 
     def _apply_outcome(self, conn: Connection, outcome: Outcome) -> RowMapping | None:
         fence = and_(jobs.c.id == outcome.job_id, jobs.c.attempts == outcome.attempt,

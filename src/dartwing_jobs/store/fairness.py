@@ -55,6 +55,8 @@ class FairChoice:
         self.checked: set[str] = set()
         self.org_budget: dict[str, int] = {}
         self.type_budget: dict[tuple[str, str], int] = {}
+        #: The attempt number each fetched job had when it was read (claim fence).
+        self.attempts: dict[str, int] = {}
 
     def choose(self, limit: int, cursor: str) -> tuple[list[str], str]:
         """Job ids in start order, and the new rotation cursor."""
@@ -131,6 +133,7 @@ class FairChoice:
                 self.conn, priority, wanted, self.job_type_filter,
                 self.controls.paused_types, blocked_pairs, fetched)
             fetched += [r["id"] for r in rows]
+            self.attempts.update((r["id"], r["attempts"]) for r in rows)
             taken, served = self._interleave(rows, [o for o, _ in wanted], want - len(picked))
             picked += taken
             last_served = served or last_served

@@ -4,6 +4,7 @@ LOCKED`` lets many workers claim without blocking each other."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,24 +14,20 @@ from sqlalchemy import (
     String,
     bindparam,
     cast,
-    column,
     create_engine,
     func,
     insert,
     select,
     true,
     tuple_,
-    update,
-    values,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..domain.outcomes import Outcome
-from ..domain.statuses import Status
-from .base import EVENT_COLUMNS, Store
-from .clock import db_now
+from . import postgres_hot as hot
+from .base import Store
 from .schema import ACTIVE_HASH_PREDICATE, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
@@ -92,7 +89,8 @@ class PostgresStore(Store):
             bindparam("head_orgs", [o for o, _ in wanted], type_=ARRAY(String)),
             bindparam("head_ks", [k for _, k in wanted], type_=ARRAY(Integer)),
         ).table_valued("org", "k").render_derived()
-        head = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at)
+        head = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at,
+                       jobs.c.attempts)
                 .where(jobs.c.organization == share.c.org, jobs.c.priority == priority,
                        *self._claim_filters(job_type_filter, paused_types)))
         if blocked_pairs:
@@ -105,27 +103,49 @@ class PostgresStore(Store):
         stmt = select(*lateral.c).select_from(share.join(lateral, true()))
         return list(conn.execute(stmt).mappings())
 
-    def _complete_many(
-        self, conn: Connection, outcomes: Sequence[Outcome]
-    ) -> dict[tuple[str, int], RowMapping]:
-        """One ``UPDATE ... FROM (VALUES ...)`` for a whole batch of successes,
-        fenced per row by (id, attempt, status) exactly like the one-row path."""
-        done = values(
-            column("id", String), column("attempt", Integer), column("result", JSONB),
-            name="done",
-        ).data([(o.job_id, o.attempt, o.result) for o in outcomes])
-        rows = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == done.c.id, jobs.c.attempts == done.c.attempt,
-                   jobs.c.status == Status.RUNNING.value)
-            .values(status=Status.COMPLETED.value, result=done.c.result, progress=100.0,
-                    completed_at=db_now(), modified_at=db_now(), lease_expires_at=None,
-                    error_type=None, error_message=None, error_traceback=None)
-            # Whether a job has dependents is asked by a later statement: this one's
-            # snapshot can predate a dependent committed while it waited for a lock.
-            .returning(*EVENT_COLUMNS)
-        ).mappings().all()
-        return {(r["id"], r["attempts"]): r for r in rows}
+    def _claim_in_order(self, conn: Connection, worker_id: str, limit: int,
+                        lease_seconds: float, job_type_filter: Sequence[str] | None
+                        ) -> list[RowMapping]:
+        rows = conn.execute(hot.CLAIM_IN_ORDER, {
+            "worker_id": worker_id, "lease": float(lease_seconds), "limit": int(limit),
+            "types": list(job_type_filter) if job_type_filter else None, "paused": [],
+            "channel": EVENTS_CHANNEL,
+        }).mappings().all()
+        return self._sent_events(conn, rows)
+
+    def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
+                      chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
+        rows = conn.execute(hot.CLAIM_CHOSEN, {
+            "worker_id": worker_id, "lease": float(lease_seconds),
+            "ids": [i for i, _ in chosen], "attempts": [a for _, a in chosen],
+            "channel": EVENTS_CHANNEL,
+        }).mappings().all()
+        return self._sent_events(conn, rows)
+
+    def _complete_many(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[str]:
+        """One statement for a whole batch of successes: rows, log, events."""
+        rows = conn.execute(hot.COMPLETE_MANY, {
+            "ids": [o.job_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "results": [json.dumps(o.result) for o in outcomes],
+            "workers": [o.worker_id for o in outcomes],
+            "started": [float(o.started_at) for o in outcomes],
+            "durations": [float(o.duration_ms) for o in outcomes],
+            "channel": EVENTS_CHANNEL,
+        }).mappings().all()
+        return [r["id"] for r in self._sent_events(conn, rows)]
+
+    def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
+        return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": list(job_ids)}).scalars())
+
+    @staticmethod
+    def _sent_events(conn: Connection, rows: Sequence[RowMapping]) -> list[RowMapping]:
+        """Rows of a hot statement, which notified the realtime readers itself."""
+        if rows:
+            transaction = conn.get_transaction()
+            if transaction is not None:
+                conn.info.setdefault("dartwing_notified", {})[EVENTS_CHANNEL] = transaction
+        return list(rows)
 
     def insert_rows(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]],
                     **constants: Any) -> None:

@@ -1,0 +1,140 @@
+"""The worker's hot statements on PostgreSQL, as static SQL text.
+
+A claim and a group commit of successes are each one statement and one round
+trip: the row updates, their status events and (for successes) the execution-log
+rows are written by data-modifying CTEs, and every value travels as one array
+parameter. The text never changes with the batch size, so the server plans it
+once per connection and the client never recompiles it.
+
+Fences are the same as on the generic path: a claim updates only rows it locked
+(``FOR UPDATE SKIP LOCKED``) and fences them by the attempt number it read, a
+completion only ``(id, attempt)`` still ``running``. Joining by primary key with
+a fence on ``attempts`` (in no index) keeps the planner on the primary key even
+when the table's statistics lag behind a fast-moving queue.
+
+The status names and the clock expression are written out; tests/unit/test_postgres_hot.py
+checks them against the domain (``CLAIMABLE``, ``Status``) and ``clock.db_now``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+#: The first ``:limit`` due jobs by (priority, due time), optionally of some job
+#: types and never of paused ones; with their status events.
+CLAIM_IN_ORDER = text("""
+WITH clock AS (
+    SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
+),
+chosen AS (
+    SELECT id, attempts FROM background_jobs
+    WHERE status IN ('queued', 'retrying') AND due_at <= (SELECT now FROM clock)
+      AND (CAST(:types AS varchar[]) IS NULL
+           OR job_type = ANY(CAST(:types AS varchar[])))
+      AND NOT (job_type = ANY(CAST(:paused AS varchar[])))
+    ORDER BY priority, due_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE background_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, worker_id = :worker_id,
+        lease_expires_at = clock.now + :lease, started_at = clock.now,
+        modified_at = clock.now, next_retry_at = NULL
+    FROM chosen, clock
+    WHERE j.id = chosen.id AND j.attempts = chosen.attempts
+    RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
+        j.progress_message, j.error_type, j.error_message, j.parameters, j.checkpoint,
+        j.priority, j.due_at, j.timeout_seconds, clock.now AS claimed_at
+),
+events AS (
+    INSERT INTO job_events (job_id, organization, job_type, kind, status, attempt,
+        progress, message, error, created_at)
+    SELECT id, organization, job_type, 'status', status, attempts, progress,
+        progress_message,
+        CASE WHEN error_type IS NULL THEN NULL
+             ELSE jsonb_build_object('type', error_type, 'message', error_message) END,
+        claimed_at
+    FROM claimed
+)
+SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
+""")
+
+#: The jobs a fair choice picked and locked (``:ids``, ``:attempts`` as read).
+CLAIM_CHOSEN = text("""
+WITH clock AS (
+    SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
+),
+chosen AS (
+    SELECT * FROM unnest(CAST(:ids AS varchar[]), CAST(:attempts AS integer[]))
+        AS c(id, attempts)
+),
+claimed AS (
+    UPDATE background_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, worker_id = :worker_id,
+        lease_expires_at = clock.now + :lease, started_at = clock.now,
+        modified_at = clock.now, next_retry_at = NULL
+    FROM chosen, clock
+    WHERE j.id = chosen.id AND j.attempts = chosen.attempts
+    RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
+        j.progress_message, j.error_type, j.error_message, j.parameters, j.checkpoint,
+        j.priority, j.due_at, j.timeout_seconds, clock.now AS claimed_at
+),
+events AS (
+    INSERT INTO job_events (job_id, organization, job_type, kind, status, attempt,
+        progress, message, error, created_at)
+    SELECT id, organization, job_type, 'status', status, attempts, progress,
+        progress_message,
+        CASE WHEN error_type IS NULL THEN NULL
+             ELSE jsonb_build_object('type', error_type, 'message', error_message) END,
+        claimed_at
+    FROM claimed
+)
+SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
+""")
+
+#: Successful attempts: the rows, their execution-log rows and status events.
+COMPLETE_MANY = text("""
+WITH clock AS (
+    SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
+),
+done_in AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS varchar[]), CAST(:attempts AS integer[]), CAST(:results AS jsonb[]),
+        CAST(:workers AS varchar[]), CAST(:started AS double precision[]),
+        CAST(:durations AS double precision[])
+    ) AS d(id, attempt, result, worker_id, started_at, duration_ms)
+),
+done AS (
+    UPDATE background_jobs AS j
+    SET status = 'completed', result = d.result, progress = 100.0,
+        completed_at = clock.now, modified_at = clock.now, lease_expires_at = NULL,
+        error_type = NULL, error_message = NULL, error_traceback = NULL
+    FROM done_in AS d, clock
+    WHERE j.id = d.id AND j.attempts = d.attempt AND j.status = 'running'
+    RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
+        j.progress_message, clock.now AS completed_at, d.worker_id AS log_worker,
+        d.started_at AS log_started, d.duration_ms AS log_duration
+),
+logged AS (
+    INSERT INTO job_execution_log (job_id, organization, job_type, attempt, worker_id,
+        started_at, finished_at, duration_ms, outcome)
+    SELECT id, organization, job_type, attempts, log_worker, log_started,
+        log_started + log_duration / 1000.0, log_duration, 'completed'
+    FROM done
+),
+events AS (
+    INSERT INTO job_events (job_id, organization, job_type, kind, status, attempt,
+        progress, message, error, created_at)
+    SELECT id, organization, job_type, 'status', status, attempts, progress,
+        progress_message, NULL, completed_at
+    FROM done
+)
+SELECT done.id, (SELECT pg_notify(:channel, '')) AS notified FROM done
+""")
+
+#: Which of ``:ids`` other jobs depend on.
+HAVING_DEPENDENTS = text("""
+SELECT DISTINCT depends_on_id FROM job_dependencies
+WHERE depends_on_id = ANY(CAST(:ids AS varchar[]))
+""")
