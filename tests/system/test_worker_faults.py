@@ -266,3 +266,25 @@ def test_postgres_restart_during_2000_jobs(world: Any, ledger_db: Any, workers: 
         statuses = dict(conn.execute(text(
             "SELECT status, COUNT(*) FROM background_jobs GROUP BY status")).all())
     assert sum(statuses.values()) == 2000 and set(statuses) <= {"completed", "dead_letter"}
+
+
+def test_child_crash_among_jobs_sent_ahead(world: Any, ledger_db: Any,
+                                           workers: Workers) -> None:
+    """Short jobs are sent ahead to a busy child. When the child dies, the job it was
+    running is charged (``worker_lost``) and those queued behind it go back to the
+    buffer uncharged: every job runs exactly once per attempt it is charged."""
+    engine = world.engine
+    register(engine, "rec", "record", max_retries=3)
+    crashing = {80, 81, 200}
+    jobs = [job.id for job in engine.submit_jobs("rec", "acme", [
+        {"i": i, "crash_on_attempts": [1] if i in crashing else []} for i in range(300)])]
+    worker = workers.start(concurrency=1)
+    wait_terminal(ledger_db, jobs, 90)
+    for i, job_id in enumerate(jobs):
+        job = job_row(ledger_db, job_id)
+        expected = 2 if i in crashing else 1
+        assert (job["status"], job["attempts"]) == ("completed", expected), (i, dict(job))
+        if i in crashing:
+            assert outcomes(ledger_db, job_id) == [(1, "worker_lost"), (2, "completed")]
+    assert worker.alive()
+    check_invariants(ledger_db, jobs)

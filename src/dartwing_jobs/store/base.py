@@ -18,8 +18,10 @@ from typing import Any
 from sqlalchemy import (
     Engine,
     Integer,
+    String,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -36,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..domain.errors import Conflict, DuplicateJob, InvalidState
 from ..domain.outcomes import Outcome, OutcomeKind
+from ..domain.priorities import Priority
 from ..domain.retry import retry_delay
 from ..domain.statuses import (
     CANCELABLE_AT_ONCE,
@@ -87,6 +90,8 @@ class Store(ABC):
         self.claim_policy = ClaimPolicy()
         # The organization each worker of this process served last (fair claims).
         self._claim_cursors: dict[str, str] = {}
+        # Statements of the claim path, built once per shape (values bound later).
+        self._statements: dict[tuple[Any, ...], Any] = {}
         self.engine: Engine = self._create_engine(url, **options)
 
     # -- connections -------------------------------------------------------
@@ -736,13 +741,30 @@ class Store(ABC):
     def next_due_priority(self, conn: Connection, after: int,
                           job_type_filter: Sequence[str] | None,
                           paused_types: frozenset[str]) -> int | None:
-        """The most urgent priority above ``after`` with a due job (claim index)."""
-        value = conn.execute(
-            select(jobs.c.priority)
-            .where(*self._claim_filters(job_type_filter, paused_types), jobs.c.priority > after)
-            .order_by(jobs.c.priority, jobs.c.due_at)
-            .limit(1)
-        ).scalar()
+        """The most urgent priority above ``after`` with a due job.
+
+        One probe per level, tried in order (``CASE`` stops at the first hit):
+        each is an equality on the claim index's leading column, so the plan
+        stays a short index scan even when the table's statistics still describe
+        it as nearly empty (right after a burst of submissions), where a range
+        condition would tempt the planner into reading and sorting every due row.
+        """
+        levels = [int(p) for p in Priority if int(p) > after]
+        if not levels:
+            return None
+        filters = self._claim_filters(job_type_filter, paused_types)
+        def first_due(level: int) -> Any:
+            # Ordered like the claim index, so that index serves it (no sort); the
+            # id is read from the heap, so the scan is a plain index scan, which
+            # marks the entries of jobs claimed since as dead (an index-only scan
+            # would visit each of them again at every claim until a vacuum).
+            return (select(jobs.c.id).where(jobs.c.priority == level, *filters)
+                    .order_by(jobs.c.due_at).limit(1).scalar_subquery())
+
+        value = conn.execute(select(case(
+            *[(first_due(level).is_not(None), level) for level in levels],
+            else_=None,
+        ))).scalar()
         return None if value is None else int(value)
 
     def walk_organizations(
@@ -754,28 +776,47 @@ class Store(ABC):
         ``upto``), at most ``steps`` of them, each with whether it has a due job
         at ``priority``. Every step is one index probe, however many jobs an
         organization holds."""
+        key = ("walk", upto is not None, tuple(job_type_filter or ()),
+               tuple(sorted(paused_types)))
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = self._walk_statement(
+                upto is not None, job_type_filter, paused_types)
+        params: dict[str, Any] = {"after": after, "steps": steps, "priority": priority}
+        if upto is not None:
+            params["upto"] = upto
+        return [(str(o), bool(d)) for o, d in conn.execute(stmt, params)]
+
+    def _walk_statement(self, bounded: bool, job_type_filter: Sequence[str] | None,
+                        paused_types: frozenset[str]) -> Any:
+        """Built once per shape; values are bound at execution. Each probe reads
+        one heap row (``id`` is not in the index): a plain index scan marks the
+        entries of jobs claimed since as dead, where an index-only scan would
+        visit every one of them again at each claim until the next vacuum."""
         nxt = jobs.alias("nxt")
 
         def next_org(prev: Any) -> Any:
             return (select(nxt.c.organization)
-                    .where(CLAIMABLE_PREDICATE, nxt.c.organization > prev)
+                    .where(CLAIMABLE_PREDICATE, nxt.c.organization > prev,
+                           nxt.c.id.is_not(None))
                     .order_by(nxt.c.organization).limit(1).scalar_subquery())
 
-        walk = select(next_org(bindparam("after", after)).label("org"),
+        walk = select(next_org(bindparam("after", type_=String)).label("org"),
                       literal(1, Integer).label("n")).cte("walk", recursive=True)
         step = select(next_org(walk.c.org), walk.c.n + 1).where(
-            walk.c.org.is_not(None), walk.c.n < steps)
-        if upto is not None:
-            step = step.where(walk.c.org < upto)
+            walk.c.org.is_not(None), walk.c.n < bindparam("steps", type_=Integer))
+        if bounded:
+            step = step.where(walk.c.org < bindparam("upto", type_=String))
         walk = walk.union_all(step)
         due = jobs.alias("due")
-        has_due = exists(select(literal(1)).where(
-            due.c.organization == walk.c.org, due.c.priority == priority,
+        has_due = exists(select(due.c.id).where(
+            due.c.organization == walk.c.org,
+            due.c.priority == bindparam("priority", type_=Integer),
             *self._claim_filters(job_type_filter, paused_types, due)))
         stmt = select(walk.c.org, has_due.label("has_due")).where(walk.c.org.is_not(None))
-        if upto is not None:
-            stmt = stmt.where(walk.c.org <= upto)
-        return [(str(o), bool(d)) for o, d in conn.execute(stmt.order_by(walk.c.n))]
+        if bounded:
+            stmt = stmt.where(walk.c.org <= bindparam("upto", type_=String))
+        return stmt.order_by(walk.c.n)
 
     def lock_organizations(self, conn: Connection, names: Sequence[str]) -> set[str]:
         """Serialise the limit checks of one organization between claimers: the

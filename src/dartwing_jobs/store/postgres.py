@@ -85,13 +85,31 @@ class PostgresStore(Store):
         (jobs another claimer holds are passed over, never waited for)."""
         if not wanted:
             return []
+        params = {"head_orgs": [o for o, _ in wanted], "head_ks": [k for _, k in wanted],
+                  "priority": priority}
+        key = ("heads", tuple(job_type_filter or ()), tuple(sorted(paused_types)))
+        if blocked_pairs or exclude_ids:  # rare shapes: built for this call
+            stmt = self._heads_statement(job_type_filter, paused_types, blocked_pairs,
+                                         exclude_ids)
+        else:
+            stmt = self._statements.get(key)
+            if stmt is None:
+                stmt = self._statements[key] = self._heads_statement(
+                    job_type_filter, paused_types, (), ())
+        return list(conn.execute(stmt, params).mappings())
+
+    def _heads_statement(
+        self, job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+        blocked_pairs: Sequence[tuple[str, str]], exclude_ids: Sequence[str],
+    ) -> Any:
         share = func.unnest(
-            bindparam("head_orgs", [o for o, _ in wanted], type_=ARRAY(String)),
-            bindparam("head_ks", [k for _, k in wanted], type_=ARRAY(Integer)),
+            bindparam("head_orgs", type_=ARRAY(String)),
+            bindparam("head_ks", type_=ARRAY(Integer)),
         ).table_valued("org", "k").render_derived()
         head = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at,
                        jobs.c.attempts)
-                .where(jobs.c.organization == share.c.org, jobs.c.priority == priority,
+                .where(jobs.c.organization == share.c.org,
+                       jobs.c.priority == bindparam("priority", type_=Integer),
                        *self._claim_filters(job_type_filter, paused_types)))
         if blocked_pairs:
             head = head.where(tuple_(jobs.c.organization, jobs.c.job_type)
@@ -100,8 +118,7 @@ class PostgresStore(Store):
             head = head.where(jobs.c.id.not_in(list(exclude_ids)))
         lateral = (head.order_by(jobs.c.due_at).limit(share.c.k)
                    .with_for_update(skip_locked=True).lateral("head"))
-        stmt = select(*lateral.c).select_from(share.join(lateral, true()))
-        return list(conn.execute(stmt).mappings())
+        return select(*lateral.c).select_from(share.join(lateral, true()))
 
     def _claim_in_order(self, conn: Connection, worker_id: str, limit: int,
                         lease_seconds: float, job_type_filter: Sequence[str] | None

@@ -49,7 +49,9 @@ class ChildRunner:
         self.worker_label = f"{socket.gethostname()}:{os.getpid()}"
         self._send_lock = threading.Lock()
         self._tasks: queue.Queue[tuple[dict[str, Any], threading.Event] | None] = queue.Queue()
-        self._current: tuple[str, threading.Event] | None = None
+        # One cancel flag per job received and not finished: the running one and
+        # those queued behind it (the supervisor sends short jobs ahead).
+        self._cancels: dict[str, threading.Event] = {}
         self._store: Any = None
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -66,14 +68,14 @@ class ChildRunner:
                 # The supervisor is gone: nobody may write this attempt's outcome.
                 os._exit(0)
             if message[0] == "run":
-                spec = message[1]
-                event = threading.Event()
-                self._current = (spec["job_id"], event)
-                self._tasks.put((spec, event))
+                for spec in message[1:]:
+                    event = threading.Event()
+                    self._cancels[spec["job_id"]] = event
+                    self._tasks.put((spec, event))
             elif message[0] == "cancel":
-                current = self._current
-                if current is not None and current[0] == message[1]:
-                    current[1].set()
+                flag = self._cancels.get(message[1])
+                if flag is not None:
+                    flag.set()
             elif message[0] == "stop":
                 self._tasks.put(None)
                 return
@@ -88,7 +90,16 @@ class ChildRunner:
             spec, event = task
             started = time.time()
             t0 = time.perf_counter()
-            kind, result, error = self._run(spec, event)
+            outcome: tuple[OutcomeKind, Any, dict[str, Any] | None]
+            if event.is_set():  # canceled while it waited behind another job
+                outcome = (OutcomeKind.CANCELED, None,
+                           _error("canceled", "canceled before it started", None))
+            else:
+                outcome = self._run(spec, event)
+            kind, result, error = outcome
+            self._cancels.pop(spec["job_id"], None)
+            # Reported before the next job starts: the supervisor always knows
+            # which job a dying child was running.
             self.send((
                 "done",
                 spec["job_id"],

@@ -20,6 +20,11 @@ from ..store.base import Store
 log = logging.getLogger("dartwing_jobs.worker")
 
 PROGRESS_INTERVAL = 0.25  # seconds between two progress writes of one job
+#: Group commit: while the children still have prefetched jobs to run, finished
+#: attempts wait up to this long (or until GROUP_SIZE of them) so that one
+#: transaction's fixed cost (round trips, commit flush) is shared by many jobs.
+GROUP_DELAY = 0.02
+GROUP_SIZE = 100
 
 
 def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False) -> Any:
@@ -48,6 +53,7 @@ class Exchanger:
         poll_interval: float,
         want: Callable[[], int],
         on_claimed: Callable[[list[RowMapping]], None],
+        well_fed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -56,6 +62,8 @@ class Exchanger:
         self.poll_interval = poll_interval
         self._want = want
         self._on_claimed = on_claimed
+        self._well_fed = well_fed
+        self._first_pending: float | None = None  # when the oldest waiting outcome came
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._kick = threading.Event()
@@ -77,8 +85,22 @@ class Exchanger:
 
     def submit(self, outcome: Outcome) -> None:
         with self._lock:
+            if not self._outcomes:
+                self._first_pending = time.monotonic()
             self._outcomes.append(outcome)
         self._kick.set()
+
+    def _hold_back(self, now: float) -> float | None:
+        """When to write the waiting outcomes if not now (None: now). They wait
+        only while the children have work buffered and no outcome is older than
+        GROUP_DELAY: start latency never waits for a group, completion at most
+        GROUP_DELAY longer."""
+        with self._lock:
+            first, count = self._first_pending, len(self._outcomes)
+        if first is None or count >= GROUP_SIZE or self._stop.is_set():
+            return None
+        at = first + GROUP_DELAY
+        return at if at > now and self._well_fed() else None
 
     def progress(self, job_id: str, attempt: int, percent: float, message: str | None) -> None:
         with self._lock:
@@ -143,6 +165,10 @@ class Exchanger:
             if self._stop.is_set():
                 return
             progress, next_progress = self._due_progress(time.monotonic())
+            hold = None if progress else self._hold_back(time.monotonic())
+            if hold is not None:
+                next_poll = hold
+                continue
             want = self._want() if self._claiming else 0
             if not self.pending() and not progress:
                 if not want:
@@ -184,6 +210,8 @@ class Exchanger:
             return None
         with self._lock:
             del self._outcomes[: len(batch)]
+            if not self._outcomes:
+                self._first_pending = None
         self.written += len(batch)
         if rows:
             self._on_claimed(rows)

@@ -40,13 +40,17 @@ _UNKNOWN = object()  # a job type that could not be looked up
 
 @dataclass
 class Slot:
-    """One child process and the attempt it runs, if any."""
+    """One child process, the attempt it runs, if any, and the short jobs sent
+    ahead to it, which it starts one after the other as soon as the previous one
+    has been reported (so that a child never waits for the supervisor between
+    two short jobs)."""
 
     index: int
     process: BaseProcess
     conn: Connection
     ready: bool = False
     job: RowMapping | None = None
+    queued: deque[RowMapping] = field(default_factory=deque)
     started_mono: float = 0.0
     started_epoch: float = 0.0
     deadline: float | None = None  # hard timeout (monotonic)
@@ -70,6 +74,8 @@ class WorkerOptions:
     heartbeat_interval: float = 0.25  # progress flush and cancel checks
     shutdown_grace: float = 30.0
     claim_batch: int = 100
+    #: Short jobs sent ahead to a busy child (0: one job at a time).
+    child_queue: int = 8
 
 
 class Supervisor:
@@ -105,7 +111,7 @@ class Supervisor:
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
         self._exchanger = Exchanger(
             self.store, self.worker_id, self.lease, self.options.job_types,
-            self.poll_interval, self._want, self._claimed,
+            self.poll_interval, self._want, self._claimed, self._well_fed,
         )
 
     @property
@@ -175,6 +181,8 @@ class Supervisor:
             returned = []
             for slot in busy:
                 returned.append(slot.attempt)
+                returned += [(r["id"], r["attempts"]) for r in slot.queued]
+                slot.queued.clear()
                 self._kill(slot)
                 slot.job = None
             self._exchanger.stop()
@@ -212,6 +220,11 @@ class Supervisor:
         extra = self.options.claim_batch if short else 0
         return max(0, min(self.options.claim_batch, free + extra - len(self._buffer)))
 
+    def _well_fed(self) -> bool:
+        """Enough prefetched jobs that the children will not run dry soon."""
+        ahead = len(self._buffer) + sum(len(s.queued) for s in self._slots)
+        return ahead >= max(2 * len(self._slots), self.options.claim_batch // 4)
+
     def _claimed(self, rows: list[RowMapping]) -> None:
         """Called by the exchanger thread with freshly claimed jobs."""
         with self._buffer_lock:
@@ -226,6 +239,40 @@ class Supervisor:
                     return
                 row = self._buffer.popleft()
             self._dispatch(free.pop(0), row)
+        if self._short_jobs():
+            self._send_ahead()
+
+    def _short_jobs(self) -> bool:
+        return self._recent_duration is not None and self._recent_duration < 0.05
+
+    def _send_ahead(self) -> None:
+        """Top up the queues of busy children while recent jobs were short; a job
+        type that cannot be looked up right now stops the top-up."""
+        depth = self.options.child_queue
+        for slot in self._slots:
+            if slot.job is None or slot.kill_at is not None or len(slot.queued) >= depth:
+                continue
+            specs = []
+            while len(slot.queued) < depth:
+                with self._buffer_lock:
+                    if not self._buffer:
+                        break
+                    row = self._buffer.popleft()
+                spec = self._spec(row)
+                if spec is _UNKNOWN:
+                    with self._buffer_lock:
+                        self._buffer.appendleft(row)
+                    break
+                if spec is not None:
+                    slot.queued.append(row)
+                    specs.append(spec)
+            if specs:
+                try:
+                    slot.conn.send(("run", *specs))
+                except (OSError, EOFError):
+                    self._child_died(slot)
+            if not self._buffer:
+                return
 
     def _timeout(self, now: float) -> float:
         candidates = [self._next_heartbeat - now]
@@ -260,6 +307,24 @@ class Supervisor:
     # -- claiming and dispatching ------------------------------------------
 
     def _dispatch(self, slot: Slot, job: RowMapping) -> None:
+        spec = self._spec(job)
+        if spec is _UNKNOWN:
+            # The job types could not be read (the database blinked): try it again
+            # later rather than condemn the job.
+            with self._buffer_lock:
+                self._buffer.appendleft(job)
+            return
+        if spec is None:
+            return
+        self._start(slot, job)
+        try:
+            slot.conn.send(("run", spec))
+        except (OSError, EOFError):
+            self._child_died(slot)
+
+    def _start(self, slot: Slot, job: RowMapping) -> None:
+        """``job`` is now the one ``slot``'s child runs (just sent, or next in its
+        queue after the previous one was reported)."""
         slot.job = job
         slot.started_mono = time.monotonic()
         slot.started_epoch = time.time()
@@ -267,21 +332,23 @@ class Supervisor:
             slot.started_mono + job["timeout_seconds"] if job["timeout_seconds"] else None
         )
         slot.kill_at = None
+
+    def _spec(self, job: RowMapping) -> Any:
+        """What a child needs to run ``job``; None when the job ended here (its job
+        type is disabled or gone), ``_UNKNOWN`` when job types cannot be read."""
         job_type = self._job_type(job["job_type"])
         if job_type is _UNKNOWN:
-            # The job types could not be read (the database blinked): try it again
-            # later rather than condemn the job.
-            self._release(slot)
-            with self._buffer_lock:
-                self._buffer.appendleft(job)
-            return
+            return _UNKNOWN
         if job_type is None or not job_type["enabled"]:
             reason = "is disabled" if job_type is not None else "no longer exists"
-            self._finish(slot, OutcomeKind.PERMANENT, None,
-                         {"type": "job_type_disabled",
-                          "message": f"job type {job['job_type']!r} {reason}"})
-            return
-        spec = {
+            self._exchanger.submit(Outcome(
+                job_id=job["id"], attempt=job["attempts"], kind=OutcomeKind.PERMANENT,
+                worker_id=self.worker_id, started_at=time.time(), duration_ms=0.0,
+                error_type="job_type_disabled",
+                error_message=f"job type {job['job_type']!r} {reason}",
+            ))
+            return None
+        return {
             "job_id": job["id"],
             "attempt": job["attempts"],
             "organization": job["organization"],
@@ -290,10 +357,6 @@ class Supervisor:
             "parameters": job["parameters"],
             "checkpoint": job["checkpoint"],
         }
-        try:
-            slot.conn.send(("run", spec))
-        except (OSError, EOFError):
-            self._child_died(slot)
 
     def _job_type(self, name: str) -> Any:
         """The job type's row, None if it does not exist, or ``_UNKNOWN`` when the
@@ -310,14 +373,19 @@ class Supervisor:
     # -- messages from children --------------------------------------------
 
     def _receive(self, slot: Slot) -> None:
+        if not self._drain(slot):
+            self._child_died(slot)
+
+    def _drain(self, slot: Slot) -> bool:
+        """Handle every message the child has sent; False once its pipe is closed
+        (what a dead child wrote before it died is still read first)."""
         while True:
             try:
                 if not slot.conn.poll():
-                    return
+                    return True
                 message = slot.conn.recv()
             except (EOFError, OSError):
-                self._child_died(slot)
-                return
+                return False
             kind = message[0]
             if kind == "ready":
                 slot.ready = True
@@ -342,6 +410,8 @@ class Supervisor:
                     error_traceback=error.get("traceback") if error else None,
                 ))
                 self._release(slot)
+                if slot.queued:
+                    self._start(slot, slot.queued.popleft())
 
     def _finish(self, slot: Slot, kind: OutcomeKind, result: Any,
                 error: dict[str, Any] | None) -> None:
@@ -365,6 +435,7 @@ class Supervisor:
     def _child_died(self, slot: Slot) -> None:
         if slot.process.is_alive():
             return
+        self._drain(slot)  # reports it sent before it died come first
         if slot.busy:
             self._finish(slot, OutcomeKind.FAILED, None, {
                 "type": "worker_lost",
@@ -378,28 +449,48 @@ class Supervisor:
         for slot in self._slots:
             if not slot.busy:
                 continue
-            if slot.kill_at is not None and now >= slot.kill_at:
-                self._kill(slot)
-                self._finish(slot, OutcomeKind.CANCELED, None, {
-                    "type": "canceled",
-                    "message": "canceled; the handler did not stop within the grace period",
-                })
-                self._replace(slot)
-            elif slot.deadline is not None and now >= slot.deadline:
-                assert slot.job is not None
-                self._kill(slot)
-                self._finish(slot, OutcomeKind.FAILED, None, {
-                    "type": "timeout",
-                    "message": f"the attempt ran over its timeout of "
-                               f"{slot.job['timeout_seconds']} s and was killed",
-                })
-                self._replace(slot)
+            canceled = slot.kill_at is not None and now >= slot.kill_at
+            timed_out = slot.deadline is not None and now >= slot.deadline
+            if canceled or timed_out:
+                self._stop_attempt(slot, canceled)
+
+    def _stop_attempt(self, slot: Slot, canceled: bool) -> None:
+        """Kill the child whose attempt ran over its timeout or cancel grace. Its
+        reports are read first, and again after the kill: if the attempt ended
+        just in time, the child was running the next job, which is given back."""
+        target = slot.attempt
+        if not self._drain(slot):
+            self._child_died(slot)
+            return
+        if not slot.busy or slot.attempt != target:
+            return  # it finished in time; the next job's clock starts now
+        self._kill(slot)
+        self._drain(slot)
+        if slot.busy and slot.attempt != target:
+            assert slot.job is not None
+            with self._buffer_lock:
+                self._buffer.appendleft(slot.job)
+            self._release(slot)
+        elif slot.busy and canceled:
+            self._finish(slot, OutcomeKind.CANCELED, None, {
+                "type": "canceled",
+                "message": "canceled; the handler did not stop within the grace period",
+            })
+        elif slot.busy:
+            assert slot.job is not None
+            self._finish(slot, OutcomeKind.FAILED, None, {
+                "type": "timeout",
+                "message": f"the attempt ran over its timeout of "
+                           f"{slot.job['timeout_seconds']} s and was killed",
+            })
+        self._replace(slot)
 
     def _heartbeat(self, now: float) -> None:
         busy = [s for s in self._slots if s.busy]
         with self._buffer_lock:
             buffered = [(r["id"], r["attempts"]) for r in self._buffer]
-        held = [s.attempt for s in busy] + buffered
+        sent_ahead = {(r["id"], r["attempts"]): s for s in busy for r in s.queued}
+        held = [s.attempt for s in busy] + list(sent_ahead) + buffered
         renew = now >= self._next_renewal
         if not held:
             # Nothing to renew or report: no transaction (on SQLite, no write lock).
@@ -422,13 +513,14 @@ class Supervisor:
         if kept is not None:
             self._last_renewal_ok = now
             self._next_renewal = now + self.lease / 3
+            lost = set(held) - set(kept)
             for slot in busy:
-                if slot.busy and slot.attempt not in kept:
-                    log.warning("lost the lease of job %s; stopping its attempt", slot.attempt[0])
+                if slot.busy and (slot.attempt in lost
+                                  or any((r["id"], r["attempts"]) in lost for r in slot.queued)):
+                    log.warning("lost the lease of a job of child %s; stopping it", slot.index)
                     self._kill(slot)
                     self._release(slot)
                     self._replace(slot)
-            lost = set(buffered) - set(kept)
             if lost:
                 with self._buffer_lock:
                     self._buffer = deque(r for r in self._buffer
@@ -442,6 +534,12 @@ class Supervisor:
                     slot.conn.send(("cancel", slot.attempt[0]))
                 except (OSError, EOFError):
                     self._child_died(slot)
+        for key, slot in sent_ahead.items():
+            # The child reports it canceled when it gets to it, without running it.
+            if key in cancels and slot.busy and any(
+                    (r["id"], r["attempts"]) == key for r in slot.queued):
+                with contextlib.suppress(OSError, EOFError):
+                    slot.conn.send(("cancel", key[0]))
 
     def _cancel_buffered(self, cancels: set[tuple[str, int]]) -> None:
         """A job canceled while still in the buffer never starts."""
@@ -485,9 +583,19 @@ class Supervisor:
         return Slot(index=index, process=process, conn=parent)
 
     def _replace(self, slot: Slot) -> None:
+        self._give_back_queued(slot)
         self._stop_child(slot, kill=True)
         fresh = self._spawn(slot.index)
         self._slots[slot.index] = fresh
+
+    def _give_back_queued(self, slot: Slot) -> None:
+        """Jobs sent ahead to a child that is being replaced never started: they
+        go back to the front of the buffer, same attempt."""
+        if slot.queued and time.monotonic() - self._last_renewal_ok <= self.lease * 0.6:
+            # (With leases this stale, they are abandoned with the rest instead.)
+            with self._buffer_lock:
+                self._buffer.extendleft(reversed(slot.queued))
+        slot.queued.clear()
 
     def _kill(self, slot: Slot) -> None:
         if slot.process.is_alive():
