@@ -12,7 +12,7 @@ completion only ``(id, attempt)`` still ``running``. Joining by primary key with
 a fence on ``attempts`` (in no index) keeps the planner on the primary key even
 when the table's statistics lag behind a fast-moving queue.
 
-The status names and the clock expression are written out; tests/unit/test_postgres_hot.py
+The status names and the clock expression are written out; tests/unit/test_hot_statements.py
 checks them against the domain (``CLAIMABLE``, ``Status``) and ``clock.db_now``.
 """
 

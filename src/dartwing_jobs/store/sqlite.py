@@ -5,14 +5,24 @@ upgrade a read lock halfway through)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import JSON, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
+from ..domain.outcomes import Outcome
+from . import sqlite_hot as hot
 from .base import Store, sqlite_path
-from .schema import ACTIVE_HASH_PREDICATE, jobs
+from .schema import ACTIVE_HASH_PREDICATE, job_execution_log, jobs
+
+# The claimed rows' JSON columns come back decoded, as from the Core statements.
+_CLAIM_IN_ORDER = hot.CLAIM_IN_ORDER.columns(parameters=JSON, checkpoint=JSON)
+_CLAIM_IN_ORDER_OF_TYPES = hot.CLAIM_IN_ORDER_OF_TYPES.columns(parameters=JSON,
+                                                               checkpoint=JSON)
+_CLAIM_CHOSEN = hot.CLAIM_CHOSEN.columns(parameters=JSON, checkpoint=JSON)
 
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
@@ -60,3 +70,41 @@ class SQLiteStore(Store):
             index_elements=[jobs.c.job_hash],
             index_where=ACTIVE_HASH_PREDICATE,
         )
+
+    # -- the worker's hot path: static statements, values as one JSON array --
+
+    def _claim_in_order(self, conn: Connection, worker_id: str, limit: int,
+                        lease_seconds: float, job_type_filter: Sequence[str] | None
+                        ) -> list[RowMapping]:
+        params: dict[str, Any] = {
+            "worker_id": worker_id, "lease": float(lease_seconds), "limit": int(limit)}
+        stmt = _CLAIM_IN_ORDER
+        if job_type_filter:
+            stmt, params["types"] = _CLAIM_IN_ORDER_OF_TYPES, json.dumps(list(job_type_filter))
+        rows = conn.execute(stmt, params).mappings().all()
+        self.insert_events(conn, [self.status_event(r) for r in rows])
+        return list(rows)
+
+    def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
+                      chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
+        rows = conn.execute(_CLAIM_CHOSEN, {
+            "worker_id": worker_id, "lease": float(lease_seconds),
+            "ids": json.dumps([job_id for job_id, _ in chosen]),
+        }).mappings().all()
+        self.insert_events(conn, [self.status_event(r) for r in rows])
+        return list(rows)
+
+    def _complete_many(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[str]:
+        rows = conn.execute(hot.COMPLETE_MANY, {
+            "batch": json.dumps([[o.job_id, o.attempt, o.result] for o in outcomes]),
+        }).mappings().all()
+        by_key = {(o.job_id, o.attempt): o for o in outcomes}
+        logs = [self.log_row(by_key[(r["id"], r["attempts"])], r) for r in rows]
+        if logs:
+            self.insert_rows(conn, job_execution_log, logs)
+        self.insert_events(conn, [self.status_event(r) for r in rows])
+        return [r["id"] for r in rows]
+
+    def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
+        return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": json.dumps(list(job_ids))})
+                    .scalars())

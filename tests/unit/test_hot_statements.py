@@ -1,0 +1,48 @@
+"""The hot statements of each backend are static text: their status names and
+clock must stay those of the domain and of ``clock.db_now``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dartwing_jobs.domain.statuses import CLAIMABLE, Status
+from dartwing_jobs.store import postgres_hot, sqlite_hot
+from dartwing_jobs.store.clock import db_now
+
+CASES = [
+    (postgresql.dialect(), [postgres_hot.CLAIM_IN_ORDER, postgres_hot.CLAIM_CHOSEN,
+                            postgres_hot.COMPLETE_MANY]),
+    (sqlite.dialect(), [sqlite_hot.CLAIM_IN_ORDER, sqlite_hot.CLAIM_IN_ORDER_OF_TYPES,
+                        sqlite_hot.CLAIM_CHOSEN, sqlite_hot.COMPLETE_MANY]),
+]
+
+
+@pytest.mark.parametrize(("dialect", "statements"), CASES)
+def test_claimable_statuses_are_the_domains(dialect: Any, statements: list[Any]) -> None:
+    claims = [s for s in statements if "status IN" in str(s.text)]
+    assert claims
+    for stmt in claims:
+        listed = re.search(r"status IN \(([^)]*)\)", str(stmt.text))
+        assert listed is not None
+        assert {v.strip().strip("'") for v in listed.group(1).split(",")} == {
+            s.value for s in CLAIMABLE}
+
+
+@pytest.mark.parametrize(("dialect", "statements"), CASES)
+def test_status_literals_are_domain_values(dialect: Any, statements: list[Any]) -> None:
+    values = {s.value for s in Status}
+    for stmt in statements:
+        literals = re.findall(r"status = '([a-z_]+)'", str(stmt.text))
+        assert literals
+        assert set(literals) <= values
+
+
+@pytest.mark.parametrize(("dialect", "statements"), CASES)
+def test_clock_is_db_now(dialect: Any, statements: list[Any]) -> None:
+    clock = str(db_now().compile(dialect=dialect))
+    for stmt in statements:
+        assert clock in str(stmt.text)
