@@ -110,6 +110,15 @@ def test_fair_claim_keeps_each_organizations_own_order(three: World) -> None:
                                                  "acme", "acme"]
 
 
+def test_consecutive_claims_of_one_organization_fill_the_batch(world: World) -> None:
+    """The organization walk is reused between close claims; reusing it must not
+    list an organization twice (which would halve each claim)."""
+    engine = world.engine
+    submit_many(engine, "acme", 100)
+    sizes = [len(claim(engine, 20)) for _ in range(5)]
+    assert sizes == [20] * 5
+
+
 def test_one_busy_organization_does_not_delay_others(three: World) -> None:
     engine = three.engine
     submit_many(engine, "acme", 500)

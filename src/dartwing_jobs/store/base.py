@@ -8,6 +8,7 @@ boundaries, including running inside a caller's own transaction.
 
 from __future__ import annotations
 
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -78,6 +79,10 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: How long a fair claim's organization walk is reused (seconds).
+WALK_REUSE_SECONDS = 0.05
+
+
 class Store(ABC):
     """Shared Core queries. Subclasses provide ``_create_engine`` and backend-only
     behaviour; nothing here depends on the dialect except through SQLAlchemy."""
@@ -92,6 +97,8 @@ class Store(ABC):
         self._claim_cursors: dict[str, str] = {}
         # Statements of the claim path, built once per shape (values bound later).
         self._statements: dict[tuple[Any, ...], Any] = {}
+        # Recent organization walks: (expires at, steps, result) by question.
+        self._walks: dict[tuple[Any, ...], tuple[float, int, list[tuple[str, bool]]]] = {}
         self.engine: Engine = self._create_engine(url, **options)
 
     # -- connections -------------------------------------------------------
@@ -775,17 +782,33 @@ class Store(ABC):
         claimable jobs, in name order, strictly after ``after`` (and not beyond
         ``upto``), at most ``steps`` of them, each with whether it has a due job
         at ``priority``. Every step is one index probe, however many jobs an
-        organization holds."""
-        key = ("walk", upto is not None, tuple(job_type_filter or ()),
-               tuple(sorted(paused_types)))
-        stmt = self._statements.get(key)
+        organization holds.
+
+        A walk is reused for WALK_REUSE_SECONDS by the claims of this process that
+        ask the same question (the steady state of a busy queue): an organization
+        that gets its first due job meanwhile waits at most that long for its
+        turn, and one that ran dry is merely probed once more by the next step.
+        Pauses and limits are never cached."""
+        shape = (upto is not None, tuple(job_type_filter or ()), tuple(sorted(paused_types)))
+        seen = (shape, priority, after, upto)
+        now = time.monotonic()
+        cached = self._walks.get(seen)
+        if cached is not None and cached[0] > now:
+            _, taken, walked = cached
+            if taken >= steps or len(walked) < taken:  # as long, or it reached the end
+                return walked[:steps]
+        stmt = self._statements.get(("walk", *shape))
         if stmt is None:
-            stmt = self._statements[key] = self._walk_statement(
+            stmt = self._statements[("walk", *shape)] = self._walk_statement(
                 upto is not None, job_type_filter, paused_types)
         params: dict[str, Any] = {"after": after, "steps": steps, "priority": priority}
         if upto is not None:
             params["upto"] = upto
-        return [(str(o), bool(d)) for o, d in conn.execute(stmt, params)]
+        walked = [(str(o), bool(d)) for o, d in conn.execute(stmt, params)]
+        if len(self._walks) > 64:
+            self._walks.clear()
+        self._walks[seen] = (now + WALK_REUSE_SECONDS, steps, walked)
+        return list(walked)  # the caller may extend it; the cache keeps its own
 
     def _walk_statement(self, bounded: bool, job_type_filter: Sequence[str] | None,
                         paused_types: frozenset[str]) -> Any:
