@@ -28,7 +28,7 @@ import psycopg
 from sqlalchemy import func, select
 
 from dartwing_jobs import Engine
-from dartwing_jobs.store.schema import jobs
+from dartwing_jobs.store.schema import job_execution_log, jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -150,15 +150,19 @@ def processing(url: str, n: int, concurrency: int) -> dict[str, float]:
 
 
 def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, float]:
-    """Submit at a steady rate to an idle worker; latency is the job's start (the
-    claim, by the database clock) minus its creation (same clock)."""
-    ids = []
+    """Submit at a steady rate to an idle worker. Latency is measured as for the
+    peers (bench/peers/common.py): from the client's clock just before the submit
+    call to the handler's start (the execution log's ``started_at``, the child's
+    clock at the call); one machine, one clock."""
+    submitted: dict[str, float] = {}
     interval = 1.0 / rate_per_s
     next_at = time.perf_counter()
     for i in range(int(rate_per_s * seconds)):
-        ids.append(engine.submit_job("noop", "bench", {"latency": i}).id)
+        before = time.time()
+        submitted[engine.submit_job("noop", "bench", {"latency": i}).id] = before
         next_at += interval
         time.sleep(max(0.0, next_at - time.perf_counter()))
+    ids = list(submitted)
 
     def all_done() -> bool:
         with engine.store.read() as conn:
@@ -168,9 +172,9 @@ def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, 
 
     wait_until(all_done, 60)
     with engine.store.read() as conn:
-        rows = conn.execute(select(jobs.c.started_at - jobs.c.created_at)
-                            .where(jobs.c.id.in_(ids))).scalars().all()
-    ms = [r * 1000.0 for r in rows if r is not None]
+        rows = conn.execute(select(job_execution_log.c.job_id, job_execution_log.c.started_at)
+                            .where(job_execution_log.c.job_id.in_(ids))).all()
+    ms = [(started - submitted[job_id]) * 1000.0 for job_id, started in rows]
     return {"start_latency_p50_ms": pct(ms, 50), "start_latency_p99_ms": pct(ms, 99)}
 
 

@@ -340,15 +340,13 @@ class Store(ABC):
         row = dict(values, due_at=now if run_at is None else run_at, run_at=run_at,
                    created_at=now, modified_at=now)
         for _ in range(20):
-            stmt = self._insert_ignoring_duplicate(row).returning(*jobs.c)
-            created = conn.execute(stmt).mappings().first()
+            created = self._insert_new_job(conn, row)
             if created is not None:
                 if depends_on:
                     conn.execute(
                         insert(job_dependencies),
                         [{"job_id": created["id"], "depends_on_id": d} for d in depends_on],
                     )
-                self.insert_status_event(conn, created)
                 return created
             twin = conn.execute(
                 select(jobs.c.id).where(
@@ -359,6 +357,15 @@ class Store(ABC):
             if twin is not None:
                 raise DuplicateJob(twin)
         raise Conflict("could not insert the job: its duplicate kept changing; try again")
+
+    def _insert_new_job(self, conn: Connection, row: dict[str, Any]) -> RowMapping | None:
+        """Insert one job with its status event; None when an active twin exists.
+        Backends may do both in one statement."""
+        stmt = self._insert_ignoring_duplicate(row).returning(*jobs.c)
+        created: RowMapping | None = conn.execute(stmt).mappings().first()
+        if created is not None:
+            self.insert_status_event(conn, created)
+        return created
 
     def insert_jobs(self, conn: Connection, values: Sequence[dict[str, Any]]) -> list[RowMapping]:
         """Insert queued jobs in one statement; a duplicate (of an active job, or

@@ -17,6 +17,8 @@ from sqlalchemy import (
     create_engine,
     func,
     insert,
+    literal,
+    null,
     select,
     true,
     tuple_,
@@ -24,11 +26,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.expression import ClauseElement
 
 from ..domain.outcomes import Outcome
+from ..domain.statuses import Status
 from . import postgres_hot as hot
 from .base import Store
-from .schema import ACTIVE_HASH_PREDICATE, jobs
+from .clock import db_now
+from .schema import ACTIVE_HASH_PREDICATE, job_events, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
 
@@ -71,6 +76,46 @@ class PostgresStore(Store):
             index_elements=[jobs.c.job_hash],
             index_where=ACTIVE_HASH_PREDICATE,
         )
+
+    def _insert_new_job(self, conn: Connection, row: dict[str, Any]) -> RowMapping | None:
+        """One statement and one round trip for a submission: the insert (or
+        nothing, when an active twin exists), its status event, and the
+        notifications that wake the realtime readers and idle workers."""
+        plain = {k: v for k, v in row.items() if not isinstance(v, ClauseElement)}
+        shape = ("submit", tuple(sorted(plain)),
+                 tuple(sorted(k for k in row if k not in plain)))
+        stmt = self._statements.get(shape)
+        if stmt is None:  # built once per shape; the values are bound at execution
+            stmt = self._statements[shape] = self._submit_statement(dict(row, **{
+                k: bindparam(f"v_{k}", type_=jobs.c[k].type) for k in plain}))
+        created: RowMapping | None = conn.execute(
+            stmt, {f"v_{k}": v for k, v in plain.items()}).mappings().first()
+        if created is not None:
+            self._mark_notified(conn, EVENTS_CHANNEL)
+            if created["status"] == Status.QUEUED.value:
+                self._mark_notified(conn, NOTIFY_CHANNEL)
+        return created
+
+    def _submit_statement(self, row: dict[str, Any]) -> Any:
+        ins = self._insert_ignoring_duplicate(row).returning(*jobs.c).cte("ins")
+        event = insert(job_events).from_select(
+            ["job_id", "organization", "job_type", "kind", "status", "attempt", "progress",
+             "message", "error", "created_at"],
+            select(ins.c.id, ins.c.organization, ins.c.job_type, literal("status"),
+                   ins.c.status, ins.c.attempts, ins.c.progress, ins.c.progress_message,
+                   null(), db_now()),
+        ).cte("event")
+        woke_readers = select(func.pg_notify(EVENTS_CHANNEL, "")).scalar_subquery()
+        woke_workers = (select(func.pg_notify(NOTIFY_CHANNEL, ""))
+                        .where(ins.c.status == Status.QUEUED.value).scalar_subquery())
+        return select(ins, woke_readers.label("_woke_readers"),
+                      woke_workers.label("_woke_workers")).add_cte(event)
+
+    @staticmethod
+    def _mark_notified(conn: Connection, channel: str) -> None:
+        transaction = conn.get_transaction()
+        if transaction is not None:
+            conn.info.setdefault("dartwing_notified", {})[channel] = transaction
 
     def _lock_for_claim(self, stmt: Any) -> Any:
         return stmt.with_for_update(skip_locked=True)
@@ -155,13 +200,10 @@ class PostgresStore(Store):
     def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
         return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": list(job_ids)}).scalars())
 
-    @staticmethod
-    def _sent_events(conn: Connection, rows: Sequence[RowMapping]) -> list[RowMapping]:
+    def _sent_events(self, conn: Connection, rows: Sequence[RowMapping]) -> list[RowMapping]:
         """Rows of a hot statement, which notified the realtime readers itself."""
         if rows:
-            transaction = conn.get_transaction()
-            if transaction is not None:
-                conn.info.setdefault("dartwing_notified", {})[EVENTS_CHANNEL] = transaction
+            self._mark_notified(conn, EVENTS_CHANNEL)
         return list(rows)
 
     def insert_rows(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]],

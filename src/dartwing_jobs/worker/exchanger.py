@@ -24,7 +24,7 @@ PROGRESS_INTERVAL = 0.25  # seconds between two progress writes of one job
 #: attempts wait up to this long (or until GROUP_SIZE of them) so that one
 #: transaction's fixed cost (round trips, commit flush) is shared by many jobs.
 GROUP_DELAY = 0.02
-GROUP_SIZE = 100
+GROUP_SIZE = 500
 
 
 def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False) -> Any:

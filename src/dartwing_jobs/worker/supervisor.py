@@ -36,6 +36,12 @@ log = logging.getLogger("dartwing_jobs.worker")
 
 FAILPOINT_ENV = "DARTWING_JOBS_FAILPOINT"
 _UNKNOWN = object()  # a job type that could not be looked up
+#: Work held ahead of the children while recent jobs were short, in seconds of
+#: running them: enough to cover a group commit, small enough that a job of
+#: another organization (or a more urgent one) claimed meanwhile waits little.
+PREFETCH_SECONDS = 0.1
+SEND_AHEAD_SECONDS = 0.02
+SHORT_JOB = 0.05  # seconds: jobs shorter than this on average are prefetched
 
 
 @dataclass
@@ -73,7 +79,7 @@ class WorkerOptions:
     poll_interval: float | None = None  # seconds between idle polls; backend default
     heartbeat_interval: float = 0.25  # progress flush and cancel checks
     shutdown_grace: float = 30.0
-    claim_batch: int = 100
+    claim_batch: int = 500
     #: Short jobs sent ahead to a busy child (0: one job at a time).
     child_queue: int = 8
 
@@ -216,14 +222,21 @@ class Supervisor:
         if self._stopping:
             return 0
         free = len(self._free_slots())
-        short = self._recent_duration is not None and self._recent_duration < 0.05
-        extra = self.options.claim_batch if short else 0
+        extra = self._ahead(PREFETCH_SECONDS * len(self._slots), self.options.claim_batch)
         return max(0, min(self.options.claim_batch, free + extra - len(self._buffer)))
+
+    def _ahead(self, seconds: float, cap: int) -> int:
+        """How many recent-sized jobs fill ``seconds`` (0 unless jobs are short)."""
+        recent = self._recent_duration
+        if recent is None or recent >= SHORT_JOB:
+            return 0
+        return min(cap, int(seconds / max(recent, 1e-4)))
 
     def _well_fed(self) -> bool:
         """Enough prefetched jobs that the children will not run dry soon."""
         ahead = len(self._buffer) + sum(len(s.queued) for s in self._slots)
-        return ahead >= max(2 * len(self._slots), self.options.claim_batch // 4)
+        return ahead >= max(2 * len(self._slots), self._ahead(
+            PREFETCH_SECONDS * len(self._slots), self.options.claim_batch) // 4)
 
     def _claimed(self, rows: list[RowMapping]) -> None:
         """Called by the exchanger thread with freshly claimed jobs."""
@@ -243,12 +256,12 @@ class Supervisor:
             self._send_ahead()
 
     def _short_jobs(self) -> bool:
-        return self._recent_duration is not None and self._recent_duration < 0.05
+        return self._recent_duration is not None and self._recent_duration < SHORT_JOB
 
     def _send_ahead(self) -> None:
         """Top up the queues of busy children while recent jobs were short; a job
         type that cannot be looked up right now stops the top-up."""
-        depth = self.options.child_queue
+        depth = self._ahead(SEND_AHEAD_SECONDS, self.options.child_queue)
         for slot in self._slots:
             if slot.job is None or slot.kill_at is not None or len(slot.queued) >= depth:
                 continue
