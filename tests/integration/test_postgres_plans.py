@@ -148,7 +148,7 @@ def store_fair_claim_plans(engine: Engine) -> dict[str, str]:
                 continue
             role = ("walk" if "RECURSIVE" in head else
                     "heads" if "UNION" in head or "LATERAL" in head else
-                    "priority" if head.startswith("SELECT CASE WHEN") else "other")
+                    "priority" if head.startswith("SELECT (SELECT") else "other")
             plans[role] = plan(conn, statement, params)
     return plans
 

@@ -22,7 +22,6 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
-    case,
     delete,
     exists,
     func,
@@ -752,34 +751,28 @@ class Store(ABC):
             where.append(table.c.job_type.not_in(sorted(paused_types)))
         return where
 
-    def next_due_priority(self, conn: Connection, after: int,
-                          job_type_filter: Sequence[str] | None,
-                          paused_types: frozenset[str]) -> int | None:
-        """The most urgent priority above ``after`` with a due job.
-
-        One probe per level, tried in order (``CASE`` stops at the first hit):
-        each is an equality on the claim index's leading column, so the plan
-        stays a short index scan even when the table's statistics still describe
-        it as nearly empty (right after a burst of submissions), where a range
-        condition would tempt the planner into reading and sorting every due row.
-        """
-        levels = [int(p) for p in Priority if int(p) > after]
-        if not levels:
-            return None
+    def due_priorities(self, conn: Connection, job_type_filter: Sequence[str] | None,
+                       paused_types: frozenset[str]) -> list[int]:
+        """The priorities with a due job, most urgent first: one statement with
+        one probe per level. Each probe is an equality on the claim index's
+        leading column, so the plan stays a short index scan even when the
+        table's statistics still describe it as nearly empty (right after a burst
+        of submissions), where a range condition would tempt the planner into
+        reading and sorting every due row."""
         filters = self._claim_filters(job_type_filter, paused_types)
+
         def first_due(level: int) -> Any:
             # Ordered like the claim index, so that index serves it (no sort); the
             # id is read from the heap, so the scan is a plain index scan, which
             # marks the entries of jobs claimed since as dead (an index-only scan
             # would visit each of them again at every claim until a vacuum).
             return (select(jobs.c.id).where(jobs.c.priority == level, *filters)
-                    .order_by(jobs.c.due_at).limit(1).scalar_subquery())
+                    .order_by(jobs.c.due_at).limit(1).scalar_subquery()
+                    .is_not(None).label(f"p{level}"))
 
-        value = conn.execute(select(case(
-            *[(first_due(level).is_not(None), level) for level in levels],
-            else_=None,
-        ))).scalar()
-        return None if value is None else int(value)
+        levels = [int(p) for p in Priority]
+        found = conn.execute(select(*[first_due(level) for level in levels])).one()
+        return [level for level, due in zip(levels, found, strict=True) if due]
 
     def walk_organizations(
         self, conn: Connection, priority: int, after: str, upto: str | None, steps: int,

@@ -13,7 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    String,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -61,25 +73,30 @@ class Controls:
 
 
 def read_controls(conn: Connection) -> Controls:
-    rows = conn.execute(
-        select(organization_limits.c.organization, organization_limits.c.job_type,
-               organization_limits.c.max_running, organization_limits.c.paused)
-        .where(or_(organization_limits.c.paused.is_(True),
-                   organization_limits.c.max_running.is_not(None)))
-    ).all()
+    """Both control tables in one round trip (every claim reads them): limit rows,
+    then paused job types as rows with no organization."""
+    limits = select(organization_limits.c.organization, organization_limits.c.job_type,
+                    organization_limits.c.max_running, organization_limits.c.paused).where(
+        or_(organization_limits.c.paused.is_(True),
+            organization_limits.c.max_running.is_not(None)))
+    types = select(literal(None, String).label("organization"), paused_job_types.c.job_type,
+                   literal(None, Integer).label("max_running"),
+                   literal(True, Boolean).label("paused"))
+    paused_types: set[str] = set()
     paused_orgs: set[str] = set()
     org_limits: dict[str, int] = {}
     type_limits: dict[tuple[str, str], int] = {}
-    for org, job_type, max_running, paused in rows:
-        if job_type == ALL_JOB_TYPES:
+    for org, job_type, max_running, paused in conn.execute(union_all(limits, types)).all():
+        if org is None:
+            paused_types.add(job_type)
+        elif job_type == ALL_JOB_TYPES:
             if paused or max_running == 0:
                 paused_orgs.add(org)
             elif max_running is not None:
                 org_limits[org] = int(max_running)
         else:
             type_limits[(org, job_type)] = 0 if paused else int(max_running)
-    types = conn.execute(select(paused_job_types.c.job_type)).scalars().all()
-    return Controls(frozenset(types), frozenset(paused_orgs), org_limits, type_limits)
+    return Controls(frozenset(paused_types), frozenset(paused_orgs), org_limits, type_limits)
 
 
 def list_limits(conn: Connection) -> list[RowMapping]:

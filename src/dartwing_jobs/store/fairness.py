@@ -2,7 +2,8 @@
 
 One claim, inside its transaction, with a bounded number of statements:
 
-1. the most urgent priority with a due job (the claim index, one probe);
+1. the priorities with a due job (the claim index, one probe per level, one
+   statement);
 2. a bounded skip scan over ``ix_background_jobs_org_claimable`` naming the
    organizations with claimable jobs in name order, starting after the
    organization this worker served last and wrapping around, each flagged with
@@ -61,13 +62,10 @@ class FairChoice:
     def choose(self, limit: int, cursor: str) -> tuple[list[str], str]:
         """Job ids in start order, and the new rotation cursor."""
         chosen: list[str] = []
-        priority = -1
-        while len(chosen) < limit:
-            found = self.store.next_due_priority(
-                self.conn, priority, self.job_type_filter, self.controls.paused_types)
-            if found is None:
+        for priority in self.store.due_priorities(
+                self.conn, self.job_type_filter, self.controls.paused_types):
+            if len(chosen) >= limit:
                 break
-            priority = found
             picked, cursor = self._level(priority, limit - len(chosen), cursor)
             chosen += picked
         return chosen, cursor
