@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from ..domain.outcomes import Outcome
 from . import sqlite_hot as hot
 from .base import Store, sqlite_path
-from .schema import ACTIVE_HASH_PREDICATE, job_execution_log, jobs
+from .schema import ACTIVE_HASH_PREDICATE, jobs
 
 # The claimed rows' JSON columns come back decoded, as from the Core statements.
 _CLAIM_IN_ORDER = hot.CLAIM_IN_ORDER.columns(parameters=JSON, checkpoint=JSON)
@@ -82,7 +82,7 @@ class SQLiteStore(Store):
         if job_type_filter:
             stmt, params["types"] = _CLAIM_IN_ORDER_OF_TYPES, json.dumps(list(job_type_filter))
         rows = conn.execute(stmt, params).mappings().all()
-        self.insert_events(conn, [self.status_event(r) for r in rows])
+        self._status_events(conn, rows)
         return list(rows)
 
     def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
@@ -91,7 +91,7 @@ class SQLiteStore(Store):
             "worker_id": worker_id, "lease": float(lease_seconds),
             "ids": json.dumps([job_id for job_id, _ in chosen]),
         }).mappings().all()
-        self.insert_events(conn, [self.status_event(r) for r in rows])
+        self._status_events(conn, rows)
         return list(rows)
 
     def _complete_many(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[str]:
@@ -99,11 +99,17 @@ class SQLiteStore(Store):
             "batch": json.dumps([[o.job_id, o.attempt, o.result] for o in outcomes]),
         }).mappings().all()
         by_key = {(o.job_id, o.attempt): o for o in outcomes}
-        logs = [self.log_row(by_key[(r["id"], r["attempts"])], r) for r in rows]
-        if logs:
-            self.insert_rows(conn, job_execution_log, logs)
-        self.insert_events(conn, [self.status_event(r) for r in rows])
+        done = [by_key[(r["id"], r["attempts"])] for r in rows]
+        if done:
+            conn.execute(hot.COMPLETED_LOG, {"batch": json.dumps(
+                [[o.job_id, o.worker_id, o.started_at, o.duration_ms] for o in done])})
+        self._status_events(conn, rows)
         return [r["id"] for r in rows]
+
+    @staticmethod
+    def _status_events(conn: Connection, rows: Sequence[RowMapping]) -> None:
+        if rows:
+            conn.execute(hot.STATUS_EVENTS, {"ids": json.dumps([r["id"] for r in rows])})
 
     def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
         return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": json.dumps(list(job_ids))})

@@ -95,3 +95,28 @@ HAVING_DEPENDENTS = text("""
 SELECT DISTINCT depends_on_id FROM job_dependencies
 WHERE depends_on_id IN (SELECT value FROM json_each(:ids))
 """)
+
+#: The status event of each job in the JSON array ``:ids``, as its row stands
+#: (``Store.status_event`` builds the same from a row in Python).
+STATUS_EVENTS = text("""
+INSERT INTO job_events (job_id, organization, job_type, kind, status, attempt, progress,
+    message, error, created_at)
+SELECT id, organization, job_type, 'status', status, attempts, progress, progress_message,
+    CASE WHEN error_type IS NULL THEN NULL
+         ELSE json_object('type', error_type, 'message', error_message) END,
+    ((julianday('now') - 2440587.5) * 86400.0)
+FROM background_jobs
+WHERE id IN (SELECT value FROM json_each(:ids))
+""")
+
+#: The execution-log rows of successful attempts, ``:batch`` a JSON array of
+#: ``[id, worker id, started at, duration in ms]`` of the attempts just completed.
+COMPLETED_LOG = text("""
+INSERT INTO job_execution_log (job_id, organization, job_type, attempt, worker_id,
+    started_at, finished_at, duration_ms, outcome)
+SELECT j.id, j.organization, j.job_type, j.attempts, d.value ->> '$[1]',
+    d.value ->> '$[2]', (d.value ->> '$[2]') + (d.value ->> '$[3]') / 1000.0,
+    d.value ->> '$[3]', 'completed'
+FROM json_each(:batch) AS d
+JOIN background_jobs AS j ON j.id = d.value ->> '$[0]'
+""")
