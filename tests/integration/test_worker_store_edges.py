@@ -1,6 +1,7 @@
 """Edge cases of the worker's storage path, found in review: cancels that must
 stick, batches that are all or nothing, leases fenced by attempt, and handler text
-that the database would refuse."""
+that the database would refuse, outcomes kept through a failed write, job types
+that cannot be read."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import threading
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from dartwing_jobs.domain.errors import DuplicateJob
 from dartwing_jobs.domain.outcomes import Outcome, OutcomeKind
 from dartwing_jobs.store.schema import jobs
 from dartwing_jobs.worker.child import ChildRunner
+from dartwing_jobs.worker.exchanger import Exchanger
+from dartwing_jobs.worker.supervisor import Slot, Supervisor, WorkerOptions
 from tests.conftest import World
 
 
@@ -114,3 +118,55 @@ def test_retry_waits_for_dependencies_to_complete(world: World) -> None:
             job_id=parent.id, attempt=int(row["attempts"]), kind=OutcomeKind.COMPLETED,
             worker_id="w1", started_at=0.0, duration_ms=1.0, result={})])
     assert world.engine.retry_job(child.id).status == "queued"
+
+
+def completed(job_id: str, attempt: int) -> Outcome:
+    return Outcome(job_id=job_id, attempt=attempt, kind=OutcomeKind.COMPLETED,
+                   worker_id="w1", started_at=0.0, duration_ms=1.0, result={"ok": True})
+
+
+def test_outcomes_received_survive_a_failed_write(world: World,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group commit that fails (the database went away) keeps its outcomes and
+    writes them at the next try, instead of dropping them."""
+    job = world.submit()
+    (row,) = claim(world)
+    store = world.engine.store
+    exchanger = Exchanger(store, "w1", 30.0, None, 0.05, lambda: 0, lambda rows: None)
+    exchanger.submit(completed(job.id, int(row["attempts"])))
+    real = store.record_outcomes
+    calls = []
+
+    def failing_once(conn: object, outcomes: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE ...", {}, Exception("connection lost"))
+        return real(conn, outcomes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "record_outcomes", failing_once)
+    assert exchanger._exchange(claim=False) is None  # the failed try
+    assert exchanger.pending() == 1
+    assert world.engine.get_job(job.id).status == "running"
+    assert exchanger._exchange(claim=False) == []
+    assert exchanger.pending() == 0
+    assert world.engine.get_job(job.id).status == "completed"
+
+
+def test_a_failed_job_type_read_gives_the_job_back(world: World,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the job types cannot be read, a claimed job goes back to the front of
+    the buffer (to be dispatched later), never to the dead letters."""
+    job = world.submit()
+    (row,) = claim(world)
+    supervisor = Supervisor(world.engine, WorkerOptions(concurrency=1))
+
+    def unreachable(conn: object) -> object:
+        raise OperationalError("SELECT ...", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(world.engine.store, "list_job_types", unreachable)
+    slot = Slot(index=0, process=None, conn=None, ready=True)  # type: ignore[arg-type]
+    supervisor._dispatch(slot, row)  # type: ignore[arg-type]
+    assert slot.job is None
+    assert [r["id"] for r in supervisor._buffer] == [job.id]
+    assert supervisor._exchanger.pending() == 0
+    assert world.engine.get_job(job.id).status == "running"
