@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from dartwing_jobs import Engine
 from dartwing_jobs.store.schema import job_execution_log, jobs
@@ -126,6 +126,9 @@ def processing(url: str, n: int, concurrency: int) -> dict[str, float]:
         time.sleep(3.0)  # let the children import and report ready
         rss_start = rss_kib(worker.pid)
         engine.submit_jobs("noop", "bench", [{"i": i} for i in range(n)])
+        children = child_pids(worker.pid)
+        backends = pg_backends(engine)
+        before = {p: cpu_seconds(p) for p in [worker.pid, *children, *backends]}
 
         def done() -> bool:
             with engine.store.read() as conn:
@@ -136,6 +139,15 @@ def processing(url: str, n: int, concurrency: int) -> dict[str, float]:
         if not wait_until(done, 600):
             raise RuntimeError("the worker did not finish the jobs")
         rss_end = rss_kib(worker.pid)
+        backends = sorted(set(backends) | set(pg_backends(engine)))
+        used = {p: cpu_seconds(p) - before.get(p, 0.0)
+                for p in [worker.pid, *children, *backends]}
+        cpu = {
+            "cpu_us_per_job_supervisor": used[worker.pid] / n * 1e6,
+            "cpu_us_per_job_children": sum(used[c] for c in children) / n * 1e6,
+            "cpu_us_per_job_postgres": (sum(used[b] for b in backends) / n * 1e6
+                                        if backends else None),
+        }
         with engine.store.read() as conn:
             first, last = conn.execute(
                 select(func.min(jobs.c.started_at), func.max(jobs.c.completed_at))).one()
@@ -146,7 +158,34 @@ def processing(url: str, n: int, concurrency: int) -> dict[str, float]:
         worker.wait(30)
         engine.close()
     return {"process_per_s": rate, "worker_rss_start_kib": rss_start,
-            "worker_rss_end_kib": rss_end, **latency}
+            "worker_rss_end_kib": rss_end, **cpu, **latency}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def pg_backends(engine: Engine) -> list[int]:
+    """The PostgreSQL server processes serving the worker (same machine): every
+    session on the bench database but the one asking."""
+    if engine.store.backend != "postgresql":
+        return []
+    with engine.store.read() as conn:
+        return [int(p) for p in conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()")).scalars()]
 
 
 def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, float]:
@@ -259,17 +298,20 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| backend | enqueue 1-by-1/s | enqueue bulk/s | processed/s (2 procs) | "
         "loop 1/tx /s | loop 50/tx /s | ours vs loop 50/tx | start p50 ms | start p99 ms | "
-        "worker RSS start→end MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "worker RSS start→end MiB | CPU µs/job: supervisor, children, PostgreSQL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        pg_cpu = r["cpu_us_per_job_postgres"]
         lines.append(
             f"| {r['backend']} | {r['enqueue_one_by_one_per_s']:.0f} | "
             f"{r['enqueue_bulk_per_s']:.0f} | {r['process_per_s']:.0f} | "
             f"{r['loop_1_per_tx_per_s']:.0f} | {r['loop_50_per_tx_per_s']:.0f} | "
             f"{100 * r['process_vs_loop50']:.1f}% | {r['start_latency_p50_ms']:.1f} | "
             f"{r['start_latency_p99_ms']:.1f} | {r['worker_rss_start_kib'] / 1024:.0f}→"
-            f"{r['worker_rss_end_kib'] / 1024:.0f} |"
+            f"{r['worker_rss_end_kib'] / 1024:.0f} | "
+            f"{r['cpu_us_per_job_supervisor']:.0f}, {r['cpu_us_per_job_children']:.0f}, "
+            f"{'—' if pg_cpu is None else round(pg_cpu)} |"
         )
     return "\n".join(lines)
 
