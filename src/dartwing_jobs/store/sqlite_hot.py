@@ -8,8 +8,10 @@ serialises writers, so the status fences in the ``WHERE`` clauses are exact.
 A unary ``+`` keeps SQLite's planner off the status indexes for those fences: it
 must find the batch's rows by primary key, not scan every running or queued job.
 
-The status names and the clock expression are written out;
-tests/unit/test_hot_statements.py checks them against the domain and ``clock.db_now``.
+The claim statements repeat their ``UPDATE`` on purpose: composing SQL text
+from pieces is what this project does not do. The status names and the clock
+expression are written out; tests/unit/test_hot_statements.py checks them
+against the domain and ``clock.db_now``.
 """
 
 from __future__ import annotations
