@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Double,
+    Integer,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -78,6 +81,11 @@ def _insert_ignoring_conflict(conn: Connection, table: Any, values: Mapping[str,
 # -- dependencies ------------------------------------------------------------
 
 
+#: The sweeps' statements, built once per shape (the scheduler runs them every
+#: half second; building their aliases each time cost more than running them).
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
 def _has_unfinished_dependency() -> ColumnElement[bool]:
     dep = job_dependencies.alias("dep")
     parent = jobs.alias("parent")
@@ -100,29 +108,41 @@ def promote_ready_pending(store: Store, conn: Connection, limit: int,
     Conditional on ``status = 'pending'`` (re-checked by the update itself), so a
     worker promoting the same job in its completion transaction, or a second
     scheduler, can never queue it twice or write a second event."""
+    key = ("promote", since is not None, is_postgres(conn))
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = _promote_statement(conn, since is not None)
+    params: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        params["since"] = since
+    rows = conn.execute(stmt, params).mappings().all()
+    store.insert_events(conn, [store.status_event(row) for row in rows])
+    if rows:
+        store.notify_jobs_available(conn)
+    return [r["id"] for r in rows]
+
+
+def _promote_statement(conn: Connection, incremental: bool) -> Any:
     unfinished = _has_unfinished_dependency()
     candidates = select(jobs.c.id).where(jobs.c.status == Status.PENDING.value, ~unfinished)
-    if since is not None:
+    if incremental:
         dep = job_dependencies.alias("changed_dep")
         parent = jobs.alias("changed_parent")
         candidates = candidates.where(jobs.c.id.in_(
             select(dep.c.job_id)
             .join(parent, parent.c.id == dep.c.depends_on_id)
-            .where(parent.c.status == Status.COMPLETED.value, parent.c.modified_at >= since)
+            .where(parent.c.status == Status.COMPLETED.value,
+                   parent.c.modified_at >= bindparam("since", type_=Double))
         ))
-    chosen = _skip_locked(conn, candidates.limit(limit))
-    rows = conn.execute(
+    chosen = _skip_locked(conn, candidates.limit(bindparam("limit", type_=Integer)))
+    return (
         update(jobs)
         .where(jobs.c.id.in_(chosen.scalar_subquery()),
                jobs.c.status == Status.PENDING.value, ~_has_unfinished_dependency())
         .values(status=Status.QUEUED.value, due_at=func.coalesce(jobs.c.run_at, db_now()),
                 modified_at=db_now())
         .returning(*jobs.c)
-    ).mappings().all()
-    store.insert_events(conn, [store.status_event(row) for row in rows])
-    if rows:
-        store.notify_jobs_available(conn)
-    return [r["id"] for r in rows]
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,19 @@ def doomed_pending_jobs(conn: Connection, since: float | None = None) -> list[Do
     statement, not 1,000 sweeps). One reason per job: its smallest failed
     dependency id, so the choice is stable. With ``since``, the walk starts only
     from jobs that failed at or after ``since``."""
+    key = ("doomed", since is not None)
+    query = _STATEMENTS.get(key)
+    if query is None:
+        query = _STATEMENTS[key] = _doomed_statement(since is not None)
+    reasons: dict[str, DoomedJob] = {}
+    for row in conn.execute(query, {} if since is None else {"since": since}):
+        current = reasons.get(row.job_id)
+        if current is None or row.failed_id < current.failed_id:
+            reasons[row.job_id] = DoomedJob(row.job_id, row.failed_id, row.failed_status)
+    return [reasons[k] for k in sorted(reasons)]
+
+
+def _doomed_statement(incremental: bool) -> Any:
     d0, p0, c0 = job_dependencies.alias("d0"), jobs.alias("p0"), jobs.alias("c0")
     base = (
         select(d0.c.job_id.label("job_id"), d0.c.depends_on_id.label("failed_id"),
@@ -150,8 +183,8 @@ def doomed_pending_jobs(conn: Connection, since: float | None = None) -> list[Do
         .join(c0, c0.c.id == d0.c.job_id)
         .where(p0.c.status.in_(FAILED_VALUES), c0.c.status == Status.PENDING.value)
     )
-    if since is not None:
-        base = base.where(p0.c.modified_at >= since)
+    if incremental:
+        base = base.where(p0.c.modified_at >= bindparam("since", type_=Double))
     doomed = base.cte("doomed", recursive=True)
     d1, c1 = job_dependencies.alias("d1"), jobs.alias("c1")
     # The walk goes down from the work table (dependents by index, their status by
@@ -167,14 +200,8 @@ def doomed_pending_jobs(conn: Connection, since: float | None = None) -> list[Do
         .where(doomed.c.child_status == Status.PENDING.value)
     )
     doomed = doomed.union(step)  # UNION, not ALL: diamonds do not multiply rows
-    query = select(doomed.c.job_id, doomed.c.failed_id, doomed.c.failed_status).where(
+    return select(doomed.c.job_id, doomed.c.failed_id, doomed.c.failed_status).where(
         doomed.c.child_status == Status.PENDING.value)
-    reasons: dict[str, DoomedJob] = {}
-    for row in conn.execute(query):
-        current = reasons.get(row.job_id)
-        if current is None or row.failed_id < current.failed_id:
-            reasons[row.job_id] = DoomedJob(row.job_id, row.failed_id, row.failed_status)
-    return [reasons[k] for k in sorted(reasons)]
 
 
 def cancel_doomed(store: Store, conn: Connection, doomed: Sequence[DoomedJob]) -> list[str]:
