@@ -188,17 +188,19 @@ def pg_backends(engine: Engine) -> list[int]:
             " AND pid <> pg_backend_pid()")).scalars()]
 
 
-def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, float]:
+def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, Any]:
     """Submit at a steady rate to an idle worker. Latency is measured as for the
     peers (bench/peers/common.py): from the client's clock just before the submit
     call to the handler's start (the execution log's ``started_at``, the child's
-    clock at the call); one machine, one clock."""
-    submitted: dict[str, float] = {}
+    clock at the call); one machine, one clock. Also its p50 by stage, from the
+    job row's ``created_at`` (the insert) and ``started_at`` (the claim)."""
+    submitted: dict[str, tuple[float, float]] = {}
     interval = 1.0 / rate_per_s
     next_at = time.perf_counter()
     for i in range(int(rate_per_s * seconds)):
         before = time.time()
-        submitted[engine.submit_job("noop", "bench", {"latency": i}).id] = before
+        job_id = engine.submit_job("noop", "bench", {"latency": i}).id
+        submitted[job_id] = (before, time.time())
         next_at += interval
         time.sleep(max(0.0, next_at - time.perf_counter()))
     ids = list(submitted)
@@ -211,10 +213,24 @@ def start_latency(engine: Engine, rate_per_s: int, seconds: float) -> dict[str, 
 
     wait_until(all_done, 60)
     with engine.store.read() as conn:
-        rows = conn.execute(select(job_execution_log.c.job_id, job_execution_log.c.started_at)
-                            .where(job_execution_log.c.job_id.in_(ids))).all()
-    ms = [(started - submitted[job_id]) * 1000.0 for job_id, started in rows]
-    return {"start_latency_p50_ms": pct(ms, 50), "start_latency_p99_ms": pct(ms, 99)}
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.created_at, jobs.c.started_at,
+                   job_execution_log.c.started_at.label("handler_started"))
+            .join(job_execution_log, job_execution_log.c.job_id == jobs.c.id)
+            .where(jobs.c.id.in_(ids))).all()
+    stages: dict[str, list[float]] = {
+        "call_to_insert": [], "insert_to_return": [], "return_to_claim": [],
+        "claim_to_handler": []}
+    ms = []
+    for r in rows:
+        before, after = submitted[r.id]
+        ms.append((r.handler_started - before) * 1000.0)
+        stages["call_to_insert"].append((r.created_at - before) * 1000.0)
+        stages["insert_to_return"].append((after - r.created_at) * 1000.0)
+        stages["return_to_claim"].append((r.started_at - after) * 1000.0)
+        stages["claim_to_handler"].append((r.handler_started - r.started_at) * 1000.0)
+    return {"start_latency_p50_ms": pct(ms, 50), "start_latency_p99_ms": pct(ms, 99),
+            "start_latency_stage_p50_ms": {k: pct(v, 50) for k, v in stages.items()}}
 
 
 # -- the minimal hand-written loop -------------------------------------------------

@@ -812,10 +812,11 @@ class Store(ABC):
 
     def _walk_statement(self, bounded: bool, job_type_filter: Sequence[str] | None,
                         paused_types: frozenset[str]) -> Any:
-        """Built once per shape; values are bound at execution. Each probe reads
-        one heap row (``id`` is not in the index): a plain index scan marks the
-        entries of jobs claimed since as dead, where an index-only scan would
-        visit every one of them again at each claim until the next vacuum."""
+        """Built once per shape; values are bound at execution. Each step's
+        next-organization probe reads one heap row (``id`` is not in the index):
+        a plain index scan marks the entries of jobs claimed since as dead, where
+        an index-only scan would visit every one of them again at each claim
+        until the next vacuum."""
         nxt = jobs.alias("nxt")
 
         def next_org(prev: Any) -> Any:
@@ -832,7 +833,7 @@ class Store(ABC):
             step = step.where(walk.c.org < bindparam("upto", type_=String))
         walk = walk.union_all(step)
         due = jobs.alias("due")
-        has_due = exists(select(due.c.id).where(
+        has_due = exists(select(literal(1)).where(
             due.c.organization == walk.c.org,
             due.c.priority == bindparam("priority", type_=Integer),
             *self._claim_filters(job_type_filter, paused_types, due)))

@@ -36,15 +36,12 @@ from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, job_events, jobs
 
 NOTIFY_CHANNEL = "dartwing_jobs"
+EVENTS_CHANNEL = "dartwing_jobs_events"
 
 
 def literal_column_or(value: Any) -> Any:
     """A SQL expression as is; a plain value as a bound parameter."""
-    from sqlalchemy.sql.expression import ColumnElement, literal
-
-    return value if isinstance(value, ColumnElement) else literal(value)
-
-EVENTS_CHANNEL = "dartwing_jobs_events"
+    return value if isinstance(value, ClauseElement) else literal(value)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -170,7 +167,7 @@ class PostgresStore(Store):
                         ) -> list[RowMapping]:
         rows = conn.execute(hot.CLAIM_IN_ORDER, {
             "worker_id": worker_id, "lease": float(lease_seconds), "limit": int(limit),
-            "types": list(job_type_filter) if job_type_filter else None, "paused": [],
+            "types": list(job_type_filter) if job_type_filter else None,
             "channel": EVENTS_CHANNEL,
         }).mappings().all()
         return self._sent_events(conn, rows)

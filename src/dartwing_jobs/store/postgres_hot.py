@@ -23,7 +23,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 #: The first ``:limit`` due jobs by (priority, due time), optionally of some job
-#: types and never of paused ones; with their status events.
+#: types; with their status events. (Only claims without fairness, limits or
+#: pauses take this path; the fair choice handles those.)
 CLAIM_IN_ORDER = text("""
 WITH clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
@@ -33,7 +34,6 @@ chosen AS (
     WHERE status IN ('queued', 'retrying') AND due_at <= (SELECT now FROM clock)
       AND (CAST(:types AS varchar[]) IS NULL
            OR job_type = ANY(CAST(:types AS varchar[])))
-      AND NOT (job_type = ANY(CAST(:paused AS varchar[])))
     ORDER BY priority, due_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED

@@ -86,10 +86,7 @@ FROM (
 ) AS done
 WHERE background_jobs.id = done.id AND background_jobs.attempts = done.attempt
   AND +background_jobs.status = 'running'
-RETURNING background_jobs.id, background_jobs.organization, background_jobs.job_type,
-    background_jobs.status, background_jobs.attempts, background_jobs.progress,
-    background_jobs.progress_message, background_jobs.error_type,
-    background_jobs.error_message
+RETURNING background_jobs.id, background_jobs.attempts
 """)
 
 #: Which of the JSON array ``:ids`` other jobs depend on.

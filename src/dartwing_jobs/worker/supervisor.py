@@ -222,8 +222,12 @@ class Supervisor:
         if self._stopping:
             return 0
         free = len(self._free_slots())
-        extra = self._ahead(PREFETCH_SECONDS * len(self._slots), self.options.claim_batch)
+        extra = self._prefetch_target()
         return max(0, min(self.options.claim_batch, free + extra - len(self._buffer)))
+
+    def _prefetch_target(self) -> int:
+        """Jobs to hold ahead of the children (0 unless recent jobs were short)."""
+        return self._ahead(PREFETCH_SECONDS * len(self._slots), self.options.claim_batch)
 
     def _ahead(self, seconds: float, cap: int) -> int:
         """How many recent-sized jobs fill ``seconds`` (0 unless jobs are short)."""
@@ -235,8 +239,7 @@ class Supervisor:
     def _well_fed(self) -> bool:
         """Enough prefetched jobs that the children will not run dry soon."""
         ahead = len(self._buffer) + sum(len(s.queued) for s in self._slots)
-        return ahead >= max(2 * len(self._slots), self._ahead(
-            PREFETCH_SECONDS * len(self._slots), self.options.claim_batch) // 4)
+        return ahead >= max(2 * len(self._slots), self._prefetch_target() // 4)
 
     def _claimed(self, rows: list[RowMapping]) -> None:
         """Called by the exchanger thread with freshly claimed jobs."""
@@ -252,16 +255,14 @@ class Supervisor:
                     return
                 row = self._buffer.popleft()
             self._dispatch(free.pop(0), row)
-        if self._short_jobs():
-            self._send_ahead()
-
-    def _short_jobs(self) -> bool:
-        return self._recent_duration is not None and self._recent_duration < SHORT_JOB
+        self._send_ahead()
 
     def _send_ahead(self) -> None:
         """Top up the queues of busy children while recent jobs were short; a job
         type that cannot be looked up right now stops the top-up."""
         depth = self._ahead(SEND_AHEAD_SECONDS, self.options.child_queue)
+        if not depth:
+            return
         for slot in self._slots:
             if slot.job is None or slot.kill_at is not None or len(slot.queued) >= depth:
                 continue
