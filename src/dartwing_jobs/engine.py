@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -143,14 +143,13 @@ class Engine:
         deps = self._validate_depends_on(depends_on)
         due = parse_time(run_at, "run_at")
         with self._write(tx) as conn:
-            principal, jt = self._authorize_submission(conn, actor, job_type, organization)
-            self._check_quota(conn, organization, 1)
+            principal, jt, quota = self._authorize_submission(
+                conn, actor, job_type, organization)
+            self._check_quota(conn, organization, quota, 1)
             status = self._initial_status(conn, organization, deps)
             values = self._job_values(jt, organization, params, chosen_priority, status,
                                       principal)
-            row = self.store.insert_job(conn, values, deps, due)
-            if status is Status.QUEUED:
-                self.store.notify_jobs_available(conn)
+            row = self.store.insert_job(conn, values, deps, due)  # wakes workers too
             return Job.from_row(row, deps)
 
     def submit_jobs(
@@ -171,8 +170,9 @@ class Engine:
             return []
         organization = prepared[0][0]
         with self._write(tx) as conn:
-            principal, jt = self._authorize_submission(conn, actor, job_type, organization)
-            self._check_quota(conn, organization, len(prepared))
+            principal, jt, quota = self._authorize_submission(
+                conn, actor, job_type, organization)
+            self._check_quota(conn, organization, quota, len(prepared))
             rows = self.store.insert_jobs(conn, [
                 self._job_values(jt, organization, params, chosen, Status.QUEUED, principal)
                 for _, params, chosen in prepared
@@ -196,26 +196,31 @@ class Engine:
 
     def _authorize_submission(
         self, conn: Connection, actor: str | None, job_type: str, organization: str,
-    ) -> tuple[Principal, RowMapping]:
+    ) -> tuple[Principal, Mapping[str, Any], int | None]:
+        """The principal, the job type's row and the queued-job quota that applies
+        (None: no quota); the database is asked once for all three."""
         principal = self._principal(conn, actor)
         if not principal.can_submit(organization):
             raise Forbidden(FORBIDDEN_ORG)
-        if principal.sees_everything and not self.store.organization_exists(conn, organization):
+        context = self.store.submission_context(conn, organization, job_type)
+        if principal.sees_everything and not context.organization_exists:
             raise ValidationError(
                 f"organization {organization!r} does not exist", field="organization"
             )
-        jt = self.store.get_job_type(conn, job_type)
+        jt = context.job_type
         if jt is None:
             raise ValidationError(f"unknown job type {job_type!r}", field="job_type")
         if not jt["enabled"]:
             raise ValidationError(f"job type {job_type!r} is disabled", field="job_type")
-        return principal, jt
+        quota = context.max_queued
+        return principal, jt, (quota if quota is not None
+                               else self.store.claim_policy.default_max_queued)
 
-    def _check_quota(self, conn: Connection, organization: str, adding: int) -> None:
+    def _check_quota(self, conn: Connection, organization: str, quota: int | None,
+                     adding: int) -> None:
         """The queued-job quota (jobs accepted and not started yet). Off unless a
         default or an override is set. The organization's row is locked first, so
         concurrent submissions to one organization cannot both squeeze under it."""
-        quota = controls.max_queued(conn, organization, self.store.claim_policy)
         if quota is None:
             return
         controls.lock_organization(conn, organization)
@@ -227,7 +232,7 @@ class Engine:
 
     @staticmethod
     def _job_values(
-        jt: RowMapping, organization: str, params: dict[str, Any],
+        jt: Mapping[str, Any], organization: str, params: dict[str, Any],
         chosen_priority: Priority | None, status: Status, principal: Principal,
     ) -> dict[str, Any]:
         priority = chosen_priority if chosen_priority is not None else Priority(

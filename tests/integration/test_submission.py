@@ -94,6 +94,15 @@ def test_bad_submission_as_a_member_writes_nothing(world: World, case: str) -> N
     assert counts(world.engine) == before
 
 
+@pytest.mark.parametrize("job_type", ["noop", "no_such_type"])
+def test_an_unknown_organization_is_named_before_the_job_type(world: World,
+                                                               job_type: str) -> None:
+    """One read answers both questions; the organization is still reported first."""
+    with pytest.raises(ValidationError) as info:
+        world.submit(organization="initech", job_type=job_type)
+    assert info.value.details["field"] == "organization"
+
+
 def test_disabled_job_type_is_refused(world: World) -> None:
     world.engine.job_types.disable("noop")
     before = counts(world.engine)

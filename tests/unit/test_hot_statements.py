@@ -15,6 +15,7 @@ from dartwing_jobs.store.clock import db_now
 
 CASES = [
     (postgresql.dialect(), [postgres_hot.CLAIM_IN_ORDER, postgres_hot.CLAIM_CHOSEN,
+                            postgres_hot.CLAIM_NOTIFIED,
                             postgres_hot.COMPLETE_MANY]),
     (sqlite.dialect(), [sqlite_hot.CLAIM_IN_ORDER, sqlite_hot.CLAIM_IN_ORDER_OF_TYPES,
                         sqlite_hot.CLAIM_CHOSEN, sqlite_hot.COMPLETE_MANY,

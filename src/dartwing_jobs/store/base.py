@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Engine,
@@ -50,6 +50,7 @@ from .controls import ClaimPolicy, read_controls
 from .fairness import FairChoice
 from .schema import (
     ACTIVE_HASH_PREDICATE,
+    ALL_JOB_TYPES,
     CLAIMABLE_PREDICATE,
     api_tokens,
     job_dependencies,
@@ -58,6 +59,7 @@ from .schema import (
     job_types,
     jobs,
     org_members,
+    organization_limits,
     organizations,
     persons,
     users,
@@ -74,6 +76,12 @@ CLAIM_COLUMNS = (*EVENT_COLUMNS, jobs.c.parameters, jobs.c.checkpoint, jobs.c.pr
                  jobs.c.due_at, jobs.c.timeout_seconds)
 
 
+class SubmissionContext(NamedTuple):
+    organization_exists: bool
+    job_type: Mapping[str, Any] | None
+    max_queued: int | None  # the organization's own quota (None: the default applies)
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -87,6 +95,10 @@ class Store(ABC):
     behaviour; nothing here depends on the dialect except through SQLAlchemy."""
 
     backend: str = "base"
+    #: Whatever makes a job ready (a submit, a release, a rescue, a retry asked
+    #: for) wakes idle workers through the database; only the clock (a retry or a
+    #: ``run_at`` falling due) is left to their polling.
+    notifies_workers: bool = False
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
@@ -119,6 +131,14 @@ class Store(ABC):
             conn = conn.execution_options(dartwing_read_only=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def single_statement(self) -> Iterator[Connection]:
+        """For one statement that is atomic by itself: no ``BEGIN``/``COMMIT`` round
+        trips around it where the backend can avoid them (PostgreSQL autocommit).
+        Never for more than one write: each would commit on its own."""
+        with self.transaction() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -305,6 +325,31 @@ class Store(ABC):
         )
         return conn.execute(stmt).rowcount == 1
 
+    def submission_context(self, conn: Connection, organization: str, job_type: str
+                           ) -> SubmissionContext:
+        """What a submission checks before it writes, in one round trip: the job
+        type's row, whether the organization exists, its queued-job quota override."""
+        stmt = self._statements.get(("submission",))
+        if stmt is None:
+            org = bindparam("ctx_org", type_=organizations.c.name.type)
+            exists = select(literal(True)).where(organizations.c.name == org)
+            quota = select(organization_limits.c.max_queued).where(
+                organization_limits.c.organization == org,
+                organization_limits.c.job_type == ALL_JOB_TYPES)
+            stmt = self._statements[("submission",)] = select(
+                *job_types.c, exists.scalar_subquery().label("ctx_org_exists"),
+                quota.scalar_subquery().label("ctx_max_queued"),
+            ).where(job_types.c.name == bindparam("ctx_type", type_=job_types.c.name.type))
+        row = conn.execute(stmt, {"ctx_org": organization, "ctx_type": job_type}
+                           ).mappings().first()
+        if row is None:  # unknown job type: the organization is asked on its own
+            return SubmissionContext(self.organization_exists(conn, organization), None, None)
+        max_queued = row["ctx_max_queued"]
+        return SubmissionContext(
+            bool(row["ctx_org_exists"]),
+            {k: v for k, v in row.items() if not k.startswith("ctx_")},
+            None if max_queued is None else int(max_queued))
+
     def get_job_type(self, conn: Connection, name: str) -> RowMapping | None:
         return conn.execute(select(job_types).where(job_types.c.name == name)).mappings().first()
 
@@ -358,12 +403,15 @@ class Store(ABC):
         raise Conflict("could not insert the job: its duplicate kept changing; try again")
 
     def _insert_new_job(self, conn: Connection, row: dict[str, Any]) -> RowMapping | None:
-        """Insert one job with its status event; None when an active twin exists.
-        Backends may do both in one statement."""
+        """Insert one job with its status event and, when it is queued, wake idle
+        workers; None when an active twin exists. Backends may do it all in one
+        statement."""
         stmt = self._insert_ignoring_duplicate(row).returning(*jobs.c)
         created: RowMapping | None = conn.execute(stmt).mappings().first()
         if created is not None:
             self.insert_status_event(conn, created)
+            if created["status"] == Status.QUEUED.value:
+                self.notify_jobs_available(conn)
         return created
 
     def insert_jobs(self, conn: Connection, values: Sequence[dict[str, Any]]) -> list[RowMapping]:
@@ -700,6 +748,16 @@ class Store(ABC):
                                   [(i, choice.attempts[i]) for i in ids])
         order = {job_id: i for i, job_id in enumerate(ids)}
         return sorted(rows, key=lambda r: order[r["id"]])
+
+    def claim_notified(self, conn: Connection, worker_id: str, job_ids: Sequence[str],
+                       lease_seconds: float, job_type_filter: Sequence[str] | None = None,
+                       ) -> list[RowMapping]:
+        """Claim jobs an idle worker was just told about, by id, in one statement
+        (no fair walk: the caller asks only when its last claim emptied the queue).
+        Jobs of organizations with limits or pauses, of paused job types, or any job
+        while a default limit is configured are left for ``claim_jobs``. Backends
+        whose notifications carry no job ids never get here and claim nothing."""
+        return []
 
     def _claim_in_order(self, conn: Connection, worker_id: str, limit: int,
                         lease_seconds: float, job_type_filter: Sequence[str] | None

@@ -159,17 +159,6 @@ def paused_types(conn: Connection) -> list[str]:
         select(paused_job_types.c.job_type).order_by(paused_job_types.c.job_type)).scalars()]
 
 
-def max_queued(conn: Connection, organization: str, policy: ClaimPolicy) -> int | None:
-    row = conn.execute(
-        select(organization_limits.c.max_queued)
-        .where(organization_limits.c.organization == organization,
-               organization_limits.c.job_type == ALL_JOB_TYPES)
-    ).first()
-    if row is not None and row.max_queued is not None:
-        return int(row.max_queued)
-    return policy.default_max_queued
-
-
 def lock_organization(conn: Connection, organization: str) -> None:
     """Hold the organization's row until commit (PostgreSQL ``FOR NO KEY UPDATE``:
     foreign-key checks of inserted jobs do not wait for it; SQLite's write

@@ -5,7 +5,8 @@ LOCKED`` lets many workers claim without blocking each other."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -58,6 +59,7 @@ def psycopg_url(url: str) -> str:
 
 class PostgresStore(Store):
     backend = "postgresql"
+    notifies_workers = True
 
     def _create_engine(self, url: str, **options: Any) -> Engine:
         return create_engine(
@@ -68,6 +70,11 @@ class PostgresStore(Store):
             connect_args={"application_name": options.get("application_name", "dartwing-jobs")},
         )
 
+    @contextmanager
+    def single_statement(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
     def _insert_ignoring_duplicate(self, row: dict[str, Any] | list[dict[str, Any]]) -> Any:
         return pg_insert(jobs).values(row).on_conflict_do_nothing(
             index_elements=[jobs.c.job_hash],
@@ -77,7 +84,8 @@ class PostgresStore(Store):
     def _insert_new_job(self, conn: Connection, row: dict[str, Any]) -> RowMapping | None:
         """One statement and one round trip for a submission: the insert (or
         nothing, when an active twin exists), its status event, and the
-        notifications that wake the realtime readers and idle workers."""
+        notifications that wake the realtime readers and idle workers (the latter
+        names the job, so it is not the once-per-transaction empty one)."""
         plain = {k: v for k, v in row.items() if not isinstance(v, ClauseElement)}
         shape = ("submit", tuple(sorted(plain)),
                  tuple(sorted(k for k in row if k not in plain)))
@@ -89,8 +97,6 @@ class PostgresStore(Store):
             stmt, {f"v_{k}": v for k, v in plain.items()}).mappings().first()
         if created is not None:
             self._mark_notified(conn, EVENTS_CHANNEL)
-            if created["status"] == Status.QUEUED.value:
-                self._mark_notified(conn, NOTIFY_CHANNEL)
         return created
 
     def _submit_statement(self, row: dict[str, Any]) -> Any:
@@ -103,7 +109,8 @@ class PostgresStore(Store):
                    null(), db_now()),
         ).cte("event")
         woke_readers = select(func.pg_notify(EVENTS_CHANNEL, "")).scalar_subquery()
-        woke_workers = (select(func.pg_notify(NOTIFY_CHANNEL, ""))
+        # The payload names the job: an idle worker claims it by id (no fair walk).
+        woke_workers = (select(func.pg_notify(NOTIFY_CHANNEL, ins.c.id))
                         .where(ins.c.status == Status.QUEUED.value).scalar_subquery())
         return select(ins, woke_readers.label("_woke_readers"),
                       woke_workers.label("_woke_workers")).add_cte(event)
@@ -171,6 +178,19 @@ class PostgresStore(Store):
             "channel": EVENTS_CHANNEL,
         }).mappings().all()
         return self._sent_events(conn, rows)
+
+    def claim_notified(self, conn: Connection, worker_id: str, job_ids: Sequence[str],
+                       lease_seconds: float, job_type_filter: Sequence[str] | None = None,
+                       ) -> list[RowMapping]:
+        if not job_ids or self.claim_policy.default_max_running is not None:
+            return []
+        rows = conn.execute(hot.CLAIM_NOTIFIED, {
+            "worker_id": worker_id, "lease": float(lease_seconds), "ids": list(job_ids),
+            "types": list(job_type_filter) if job_type_filter else None,
+            "channel": EVENTS_CHANNEL,
+        }).mappings().all()
+        return sorted(self._sent_events(conn, rows),
+                      key=lambda r: (r["priority"], r["due_at"], r["id"]))
 
     def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
                       chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:

@@ -95,6 +95,54 @@ events AS (
 SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
 """)
 
+#: Jobs an idle worker was told about (``:ids``, from the submit notifications'
+#: payloads), claimed in one statement without the fair walk. The caller takes
+#: this path only when its previous claim emptied the queue, so these are the
+#: only jobs that became ready since: claiming them is what the fair claim would
+#: do. Organizations with a limit or a pause, and paused job types, are left to
+#: the fair claim, which enforces them (read in this statement, as there).
+CLAIM_NOTIFIED = text("""
+WITH clock AS (
+    SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
+),
+chosen AS (
+    SELECT j.id, j.attempts FROM background_jobs AS j
+    WHERE j.id = ANY(CAST(:ids AS varchar[]))
+      AND j.status IN ('queued', 'retrying') AND j.due_at <= (SELECT now FROM clock)
+      AND (CAST(:types AS varchar[]) IS NULL
+           OR j.job_type = ANY(CAST(:types AS varchar[])))
+      AND NOT EXISTS (
+          SELECT 1 FROM organization_limits AS l
+          WHERE l.organization = j.organization
+            AND (l.paused OR l.max_running IS NOT NULL))
+      AND NOT EXISTS (
+          SELECT 1 FROM paused_job_types AS p WHERE p.job_type = j.job_type)
+    FOR UPDATE OF j SKIP LOCKED
+),
+claimed AS (
+    UPDATE background_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, worker_id = :worker_id,
+        lease_expires_at = clock.now + :lease, started_at = clock.now,
+        modified_at = clock.now, next_retry_at = NULL
+    FROM chosen, clock
+    WHERE j.id = chosen.id AND j.attempts = chosen.attempts
+    RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
+        j.progress_message, j.error_type, j.error_message, j.parameters, j.checkpoint,
+        j.priority, j.due_at, j.timeout_seconds, clock.now AS claimed_at
+),
+events AS (
+    INSERT INTO job_events (job_id, organization, job_type, kind, status, attempt,
+        progress, message, error, created_at)
+    SELECT id, organization, job_type, 'status', status, attempts, progress,
+        progress_message,
+        CASE WHEN error_type IS NULL THEN NULL
+             ELSE jsonb_build_object('type', error_type, 'message', error_message) END,
+        claimed_at
+    FROM claimed
+)
+SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
+""")
+
 #: Successful attempts: the rows, their execution-log rows and status events.
 COMPLETE_MANY = text("""
 WITH clock AS (

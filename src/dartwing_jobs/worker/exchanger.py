@@ -25,13 +25,20 @@ PROGRESS_INTERVAL = 0.25  # seconds between two progress writes of one job
 #: transaction's fixed cost (round trips, commit flush) is shared by many jobs.
 GROUP_DELAY = 0.02
 GROUP_SIZE = 500
+#: Job ids named by submit notifications, kept for a claim by id. More than this
+#: between two claims means the worker is not idle: it claims fairly instead.
+HINTS_CAP = 64
 
 
-def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False) -> Any:
-    """Run ``work(conn)`` in one transaction; None when the database failed (logged:
-    the caller goes on and tries again later)."""
+def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False,
+                   single: bool = False) -> Any:
+    """Run ``work(conn)`` in one transaction (``single``: one statement, atomic by
+    itself); None when the database failed (logged: the caller goes on and tries
+    again later)."""
     try:
-        with store.read() if read else store.transaction() as conn:
+        unit = store.read() if read else store.single_statement() if single else (
+            store.transaction())
+        with unit as conn:
             return work(conn)
     except DBAPIError as exc:
         log.warning("database error (will retry): %s", str(exc).splitlines()[0])
@@ -70,6 +77,13 @@ class Exchanger:
         self._stop = threading.Event()
         self._claiming = True
         self._notified = False
+        # Idle fast path: ids of jobs submitted since the last claim (from the
+        # notifications' payloads), and whether that claim left the queue empty.
+        self._hints: dict[str, None] = {}
+        self._drained = False
+        # Jobs this worker claimed lately: a notification that arrives after a
+        # claim already took its job is no news.
+        self._claimed_lately: dict[str, None] = {}
         self._thread: threading.Thread | None = None
         self.written = 0
         # Progress: the latest value per job, written at most every
@@ -128,11 +142,16 @@ class Exchanger:
                     k: v for k, v in self._progress_written.items() if v > cutoff}
         return due, next_due
 
-    def kick(self, work_available: bool = False) -> None:
+    def kick(self, work_available: bool = False, job_id: str | None = None) -> None:
         """Something changed (a slot freed, a notification): look again now.
-        ``work_available`` (a submit notification) skips the "anything due?" read."""
+        ``work_available`` (a notification) skips the "anything due?" read;
+        ``job_id`` is the job a submit notification named."""
         if work_available:
-            self._notified = True
+            with self._lock:
+                if job_id and len(self._hints) < HINTS_CAP:
+                    self._hints[job_id] = None
+                else:
+                    self._notified = True
         self._kick.set()
 
     def stop_claiming(self) -> None:
@@ -188,13 +207,32 @@ class Exchanger:
         """One transaction: progress, then the finished attempts, then the claim."""
         with self._lock:
             batch = list(self._outcomes)
-        notified, self._notified = self._notified, False
+            hints = [h for h in self._hints if h not in self._claimed_lately]
+            self._hints.clear()
+            notified, self._notified = self._notified, False
+        fast: list[RowMapping] = []
+        if claim and want and hints:
+            if self._drained and not notified and len(hints) <= want:
+                fast = self._claim_hinted(hints)
+                want -= len(fast)
+            # Anything the fast path did not take (limits, pauses, another worker,
+            # or not tried at all) is the fair claim's to look at.
+            notified = notified or len(fast) < len(hints)
+            if not notified:
+                want = 0
+        if (claim and want and batch and not notified and self._drained
+                and self.store.notifies_workers):
+            # Writing outcomes while idle: nothing new was announced since the last
+            # claim emptied the queue, so there is nothing to claim (the poll still
+            # looks for jobs the clock made due).
+            want = 0
         if claim and want and not batch and not notified and not in_transaction(
             self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True
         ):
+            self._drained = True
             want = 0
         if not batch and not progress and not (claim and want):
-            return []
+            return fast
 
         def work(conn: Any) -> list[RowMapping]:
             if progress:
@@ -207,12 +245,34 @@ class Exchanger:
 
         rows: list[RowMapping] | None = in_transaction(self.store, work)
         if rows is None:
+            self._drained = False
             return None
+        if claim and want:
+            self._drained = len(rows) < want
         with self._lock:
             del self._outcomes[: len(batch)]
             if not self._outcomes:
                 self._first_pending = None
         self.written += len(batch)
         if rows:
+            self._remember_claimed(rows)
             self._on_claimed(rows)
+        return fast + rows
+
+    def _remember_claimed(self, rows: list[RowMapping]) -> None:
+        with self._lock:
+            self._claimed_lately.update((r["id"], None) for r in rows)
+            while len(self._claimed_lately) > 4 * HINTS_CAP:
+                del self._claimed_lately[next(iter(self._claimed_lately))]
+
+    def _claim_hinted(self, job_ids: list[str]) -> list[RowMapping]:
+        """The idle fast path: claim the jobs the notifications named, by id, in one
+        statement and no transaction round trips, and hand them over at once."""
+        rows: list[RowMapping] | None = in_transaction(
+            self.store, lambda conn: self.store.claim_notified(
+                conn, self.worker_id, job_ids, self.lease, self.job_types), single=True)
+        if not rows:
+            return []
+        self._remember_claimed(rows)
+        self._on_claimed(rows)
         return rows

@@ -668,8 +668,9 @@ class Supervisor:
                                      autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant channel name
                     while not self._listener_stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._exchanger.kick(work_available=True)
+                        for note in conn.notifies(timeout=1.0, stop_after=1):
+                            self._exchanger.kick(work_available=True,
+                                                 job_id=note.payload or None)
             except Exception as exc:  # reconnect on any failure, quietly
                 log.debug("notify listener reconnecting: %s", exc)
                 self._listener_stop.wait(1.0)
