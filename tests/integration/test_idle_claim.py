@@ -235,3 +235,20 @@ def test_a_flood_of_notifications_becomes_one_fair_claim(
     ex._exchange(claim=True, want=4)
     assert claimed == [job.id]
     assert spy.calls == ["claim_jobs"]
+
+
+def test_a_drained_worker_still_polls_for_jobs_nobody_announced(
+        world: World, exchanger: tuple[Exchanger, list[str]]) -> None:
+    """A retry or a ``run_at`` falling due is announced to nobody: the poll finds
+    it, however busy the worker is with announced jobs and outcomes."""
+    ex, claimed = exchanger
+    ex.kick(work_available=True)
+    assert ex._exchange(claim=True, want=4) == []  # drained
+    job = world.submit()  # stands for a job the clock made due: no kick names it
+    ex.kick()  # a slot freed
+    ex._exchange(claim=True, want=4)
+    if world.engine.store.notifies_workers:
+        assert claimed == []
+        ex._next_look = time.monotonic()  # the poll is due
+        ex._exchange(claim=True, want=4)
+    assert claimed == [job.id]

@@ -81,6 +81,9 @@ class Exchanger:
         # notifications' payloads), and whether that claim left the queue empty.
         self._hints: dict[str, None] = {}
         self._drained = False
+        # When the database must next be asked for due jobs unprompted (the poll:
+        # jobs the clock made due announce themselves to nobody).
+        self._next_look = 0.0
         # Jobs this worker claimed lately: a notification that arrives after a
         # claim already took its job is no news.
         self._claimed_lately: dict[str, None] = {}
@@ -198,7 +201,7 @@ class Exchanger:
             rows = self._exchange(claim=True, want=want, progress=progress)
             # A full claim suggests more is waiting: ask again without sleeping.
             full = rows is not None and bool(want) and len(rows) == want
-            next_poll = time.monotonic() + (0.0 if full else self.poll_interval)
+            next_poll = time.monotonic() if full else self._next_look
 
     def _exchange(
         self, claim: bool, want: int = 0,
@@ -218,14 +221,15 @@ class Exchanger:
             # Anything the fast path did not take (limits, pauses, another worker,
             # or not tried at all) is the fair claim's to look at.
             notified = notified or len(fast) < len(hints)
-            if not notified:
-                want = 0
-        if (claim and want and batch and not notified and self._drained
+        now = time.monotonic()
+        if (claim and want and not notified and self._drained and now < self._next_look
                 and self.store.notifies_workers):
-            # Writing outcomes while idle: nothing new was announced since the last
-            # claim emptied the queue, so there is nothing to claim (the poll still
-            # looks for jobs the clock made due).
+            # Nothing was announced (beyond what the fast path took) since the last
+            # claim emptied the queue: a freed slot or an outcome to write is no
+            # reason to look, until the poll looks for jobs the clock made due.
             want = 0
+        if claim and want:
+            self._next_look = now + self.poll_interval
         if claim and want and not batch and not notified and not in_transaction(
             self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True
         ):
