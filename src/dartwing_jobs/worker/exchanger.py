@@ -157,6 +157,22 @@ class Exchanger:
                     self._notified = True
         self._kick.set()
 
+    def announced(self, job_id: str | None) -> None:
+        """A notification arrived (called on the listener's thread). When this
+        worker is idle (its last claim emptied the queue, nothing else announced
+        and waiting, a slot free), the named job is claimed here and now, so that
+        it never waits behind a group commit on the exchanger's thread; otherwise
+        the exchanger is told."""
+        with self._lock:
+            idle = (job_id is not None and self._drained and not self._notified
+                    and not self._hints and job_id not in self._claimed_lately)
+        if not (idle and self._claiming and self._want() > 0):
+            self.kick(work_available=True, job_id=job_id)
+            return
+        assert job_id is not None
+        if not self._claim_hinted([job_id]):
+            self.kick(work_available=True)  # left for the fair claim (or taken)
+
     def stop_claiming(self) -> None:
         self._claiming = False
 

@@ -669,8 +669,7 @@ class Supervisor:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant channel name
                     while not self._listener_stop.is_set():
                         for note in conn.notifies(timeout=1.0, stop_after=1):
-                            self._exchanger.kick(work_available=True,
-                                                 job_id=note.payload or None)
+                            self._exchanger.announced(note.payload or None)
             except Exception as exc:  # reconnect on any failure, quietly
                 log.debug("notify listener reconnecting: %s", exc)
                 self._listener_stop.wait(1.0)
