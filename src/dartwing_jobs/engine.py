@@ -142,6 +142,17 @@ class Engine:
             job_type, organization, parameters, priority)
         deps = self._validate_depends_on(depends_on)
         due = parse_time(run_at, "run_at")
+        if tx is None and not deps:
+            # The common case writes one statement (the insert, its event and its
+            # notifications): no transaction around it, so no BEGIN and COMMIT
+            # round trips. With a quota to hold, the transaction below does it all.
+            with self.store.single_statement() as conn:
+                principal, jt, quota = self._authorize_submission(
+                    conn, actor, job_type, organization)
+                if quota is None:
+                    values = self._job_values(jt, organization, params, chosen_priority,
+                                              Status.QUEUED, principal)
+                    return Job.from_row(self.store.insert_job(conn, values, [], due), [])
         with self._write(tx) as conn:
             principal, jt, quota = self._authorize_submission(
                 conn, actor, job_type, organization)

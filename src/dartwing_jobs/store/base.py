@@ -134,9 +134,10 @@ class Store(ABC):
 
     @contextmanager
     def single_statement(self) -> Iterator[Connection]:
-        """For one statement that is atomic by itself: no ``BEGIN``/``COMMIT`` round
-        trips around it where the backend can avoid them (PostgreSQL autocommit).
-        Never for more than one write: each would commit on its own."""
+        """For work whose only write is one statement, atomic by itself (reads
+        may come before it): no ``BEGIN``/``COMMIT`` round trips where the backend
+        can avoid them (PostgreSQL autocommit). Never for two writes: each would
+        commit on its own."""
         with self.transaction() as conn:
             yield conn
 
