@@ -48,12 +48,11 @@ def test_sqlite_claims_nothing_by_id(world: World) -> None:
     assert status(world, job.id) == "queued"
 
 
-def test_named_jobs_are_claimed_with_their_status_event(pg_world: World) -> None:
-    first, second = pg_world.submit(), pg_world.submit(parameters={"n": 2})
+def test_a_named_job_is_claimed_with_its_status_event(pg_world: World) -> None:
+    first = pg_world.submit()
     assert claim_notified(pg_world, [first.id]) == [first.id]
     job = pg_world.engine.get_job(first.id)
     assert (job.status, job.attempts) == ("running", 1)
-    assert status(pg_world, second.id) == "queued"
     with pg_world.engine.store.read() as conn:
         running_events = conn.execute(select(func.count()).select_from(job_events).where(
             job_events.c.job_id == first.id, job_events.c.status == "running")).scalar_one()
@@ -61,6 +60,27 @@ def test_named_jobs_are_claimed_with_their_status_event(pg_world: World) -> None
     # Named again (a late notification): it is not claimed twice.
     assert claim_notified(pg_world, [first.id]) == []
     assert pg_world.engine.get_job(first.id).attempts == 1
+
+
+@pytest.mark.parametrize("other", ["higher priority", "other organization"])
+def test_a_named_job_is_left_while_any_other_job_is_due(pg_world: World, other: str) -> None:
+    """A burst (one transaction of many jobs), or anything else waiting: which job
+    goes first is the fair claim's decision, not the notification's."""
+    if other == "higher priority":
+        waiting = pg_world.submit(priority="critical", parameters={"n": 0})
+        named = pg_world.submit(priority="low")
+    else:
+        waiting = pg_world.submit(organization="globex", parameters={"n": 0})
+        named = pg_world.submit()
+    assert claim_notified(pg_world, [named.id]) == []
+    assert {status(pg_world, waiting.id), status(pg_world, named.id)} == {"queued"}
+
+
+def test_due_jobs_of_job_types_the_worker_does_not_run_are_no_competition(
+        pg_world: World) -> None:
+    pg_world.submit(job_type="nodedup")
+    named = pg_world.submit()
+    assert claim_notified(pg_world, [named.id], job_types=["noop"]) == [named.id]
 
 
 def test_jobs_not_due_or_of_other_job_types_stay(pg_world: World) -> None:
@@ -159,7 +179,7 @@ def test_a_worker_that_did_not_empty_the_queue_claims_fairly(
     assert spy.calls == ["claim_jobs"]
 
 
-def test_more_named_jobs_than_free_slots_go_to_the_fair_claim(
+def test_several_named_jobs_go_to_the_fair_claim(
         world: World, exchanger: tuple[Exchanger, list[str]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     ex, claimed = exchanger

@@ -96,11 +96,11 @@ SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
 """)
 
 #: Jobs an idle worker was told about (``:ids``, from the submit notifications'
-#: payloads), claimed in one statement without the fair walk. The caller takes
-#: this path only when its previous claim emptied the queue, so these are the
-#: only jobs that became ready since: claiming them is what the fair claim would
-#: do. Organizations with a limit or a pause, and paused job types, are left to
-#: the fair claim, which enforces them (read in this statement, as there).
+#: payloads), claimed in one statement without the fair walk, and only when they
+#: are the only due jobs it could run: then claiming them is what the fair claim
+#: would do (a burst of submissions, or anything else waiting, goes to the fair
+#: claim). Organizations with a limit or a pause, and paused job types, are left
+#: to the fair claim too, which enforces them (read in this statement, as there).
 CLAIM_NOTIFIED = text("""
 WITH clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
@@ -117,6 +117,12 @@ chosen AS (
             AND (l.paused OR l.max_running IS NOT NULL))
       AND NOT EXISTS (
           SELECT 1 FROM paused_job_types AS p WHERE p.job_type = j.job_type)
+      AND NOT EXISTS (
+          SELECT 1 FROM background_jobs AS o
+          WHERE o.status IN ('queued', 'retrying') AND o.due_at <= (SELECT now FROM clock)
+            AND NOT (o.id = ANY(CAST(:ids AS varchar[])))
+            AND (CAST(:types AS varchar[]) IS NULL
+                 OR o.job_type = ANY(CAST(:types AS varchar[]))))
     FOR UPDATE OF j SKIP LOCKED
 ),
 claimed AS (

@@ -231,7 +231,7 @@ class Exchanger:
             notified, self._notified = self._notified, False
         fast: list[RowMapping] = []
         if claim and want and hints:
-            if self._drained and not notified and len(hints) <= want:
+            if self._drained and not notified and len(hints) == 1:
                 fast = self._claim_hinted(hints)
                 want -= len(fast)
             # Anything the fast path did not take (limits, pauses, another worker,
