@@ -52,3 +52,16 @@ def test_busy_connections_are_not_pinged(pg_world: World,
     monkeypatch.setattr(postgres, "PING_AFTER_IDLE_SECONDS", 0.0)
     pg_world.submit(parameters={"n": "idle"})
     assert pings
+
+
+def test_a_session_the_server_ended_is_replaced_even_when_just_used(
+        pg_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server says goodbye before it closes a session: a connection with
+    something to read although nothing was asked is pinged, however recent."""
+    monkeypatch.setattr(postgres, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    pid = backend_pid(pg_world)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits for the exit
+    job = pg_world.submit()
+    assert pg_world.engine.get_job(job.id).status == "queued"
+    assert backend_pid(pg_world) != pid

@@ -5,6 +5,7 @@ LOCKED`` lets many workers claim without blocking each other."""
 from __future__ import annotations
 
 import json
+import select as io_select
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -66,12 +67,13 @@ PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def _ping_idle_connections(engine: Engine) -> None:
-    """``pool_pre_ping``, but only for connections idle a while. The hot paths
-    (submit, claim, group commit) check a connection out many times a second:
-    a ping each time was one round trip in four of a submission. A connection
-    broken within the last second fails its statement instead, as it can just
-    after any ping; the pool then replaces every connection (SQLAlchemy's
-    disconnect handling) and the worker's writes are retried."""
+    """``pool_pre_ping`` without a round trip for busy connections. The hot paths
+    (submit, claim, group commit) check a connection out many times a second: a
+    ping each time was one round trip in four of a submission. A connection is
+    pinged when it sat idle a while, or when its socket has something to read
+    although nothing was asked: a server that ends a session (a restart, an
+    administrator's ``pg_terminate_backend``, an idle timeout) says so and closes
+    it. A dead connection fails its ping and the pool replaces it."""
 
     @event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn: Any, record: Any) -> None:
@@ -80,12 +82,23 @@ def _ping_idle_connections(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
         since = record.info.get("dartwing_idle_since")
-        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+        idle = since is not None and time.monotonic() - since >= PING_AFTER_IDLE_SECONDS
+        if not idle and not _spoken_to(dbapi_conn):
             return
         try:
             _ping(dbapi_conn)
         except Exception as exc:  # the pool retries with a new connection
             raise DisconnectionError(str(exc)) from exc
+
+
+def _spoken_to(dbapi_conn: Any) -> bool:
+    """Whether the server sent something unasked (or the socket is gone)."""
+    try:
+        poller = io_select.poll()
+        poller.register(dbapi_conn.pgconn.socket, io_select.POLLIN)
+        return bool(poller.poll(0))
+    except Exception:
+        return True
 
 
 def _ping(dbapi_conn: Any) -> None:
