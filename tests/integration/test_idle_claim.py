@@ -272,3 +272,20 @@ def test_a_drained_worker_still_polls_for_jobs_nobody_announced(
         ex._next_look = time.monotonic()  # the poll is due
         ex._exchange(claim=True, want=4)
     assert claimed == [job.id]
+
+
+def test_a_short_claim_with_jobs_still_due_is_not_an_empty_queue(
+        world: World, exchanger: tuple[Exchanger, list[str]]) -> None:
+    """An organization at its limit (or rows another worker had locked) makes a
+    claim short while jobs wait: the worker must keep looking when slots free."""
+    ex, claimed = exchanger
+    world.engine.set_limits("acme", max_running=1)
+    first, second = world.submit(), world.submit(parameters={"n": 2})
+    ex.kick(work_available=True)
+    ex._exchange(claim=True, want=4)
+    assert len(claimed) == 1
+    assert ex._drained is False
+    world.engine.set_limits("acme", max_running=2)  # (as a finished job would free one)
+    ex.kick()  # a slot freed: no announcement, yet it looks
+    ex._exchange(claim=True, want=4)
+    assert sorted(claimed) == sorted([first.id, second.id])

@@ -268,7 +268,10 @@ class Exchanger:
             self._drained = False
             return None
         if claim and want:
-            self._drained = len(rows) < want
+            # A short claim is not an empty queue (rows another worker had locked,
+            # an organization at its limit): drained only if nothing is due now.
+            self._drained = (len(rows) < want and self.store.notifies_workers
+                             and self._nothing_due())
         with self._lock:
             del self._outcomes[: len(batch)]
             if not self._outcomes:
@@ -278,6 +281,11 @@ class Exchanger:
             self._remember_claimed(rows)
             self._on_claimed(rows)
         return fast + rows
+
+    def _nothing_due(self) -> bool:
+        due = in_transaction(
+            self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True)
+        return due is False
 
     def _remember_claimed(self, rows: list[RowMapping]) -> None:
         with self._lock:
