@@ -159,6 +159,10 @@ class Supervisor:
                 self._tick()
         finally:
             self._listener_stop.set()
+            if self._listener is not None:
+                # It may be claiming an announced job: wait, so that the job is in
+                # the buffer given back below rather than left to its lease.
+                self._listener.join(5.0)
             self._exchanger.stop()
             with self._buffer_lock:  # a claim in flight when the loop ended
                 leftover = [(r["id"], r["attempts"]) for r in self._buffer]
