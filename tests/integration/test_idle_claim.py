@@ -110,17 +110,41 @@ def test_controlled_jobs_are_left_to_the_fair_claim(pg_world: World, control: st
     assert status(pg_world, job.id) == "queued"
 
 
-def test_a_single_submit_names_its_job_and_a_bulk_submit_does_not(pg_world: World) -> None:
-    with psycopg.connect(psycopg_url(pg_world.engine.settings.database_url),
+def notifications(world: World, submit: Any) -> list[str]:
+    """The payloads of the worker notifications sent by ``submit(tx)``'s commit."""
+    with psycopg.connect(psycopg_url(world.engine.settings.database_url),
                          autocommit=True) as listener:
-        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        # In one transaction: a single submit, then a bulk one. The bulk one must
-        # still send its own (nameless) notification.
-        with pg_world.engine.transaction() as tx:
-            single = pg_world.engine.submit_job("noop", "acme", {"n": 1}, tx=tx)
-            pg_world.engine.submit_jobs("noop", "acme", [{"n": 2}, {"n": 3}], tx=tx)
-        payloads = {n.payload for n in listener.notifies(timeout=2.0, stop_after=2)}
-    assert payloads == {single.id, ""}
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant channel name
+        with world.engine.transaction() as tx:
+            submit(tx)
+        return [n.payload for n in listener.notifies(timeout=1.0)]
+
+
+def test_a_submit_names_its_job(pg_world: World) -> None:
+    named: list[str] = []
+    payloads = notifications(pg_world, lambda tx: named.append(
+        pg_world.engine.submit_job("noop", "acme", {"n": 1}, tx=tx).id))
+    assert payloads == named
+
+
+def test_one_transaction_of_many_submits_sends_one_notification(pg_world: World) -> None:
+    """The first names its job; a worker told of it finds the others due beside it
+    and claims them all fairly."""
+    named: list[str] = []
+
+    def submit(tx: Any) -> None:
+        for n in range(20):
+            named.append(pg_world.engine.submit_job("noop", "acme", {"n": n}, tx=tx).id)
+        pg_world.engine.submit_jobs("noop", "acme", [{"n": 20}, {"n": 21}], tx=tx)
+
+    assert notifications(pg_world, submit) == named[:1]
+    assert claim_notified(pg_world, named[:1]) == []  # not the only one due
+
+
+def test_a_bulk_submit_wakes_workers_without_naming_a_job(pg_world: World) -> None:
+    payloads = notifications(pg_world, lambda tx: pg_world.engine.submit_jobs(
+        "noop", "acme", [{"n": 1}, {"n": 2}], tx=tx))
+    assert payloads == [""]
 
 
 # -- the exchanger's choices ---------------------------------------------------

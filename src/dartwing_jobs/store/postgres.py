@@ -137,22 +137,29 @@ class PostgresStore(Store):
     def _insert_new_job(self, conn: Connection, row: dict[str, Any]) -> RowMapping | None:
         """One statement and one round trip for a submission: the insert (or
         nothing, when an active twin exists), its status event, and the
-        notifications that wake the realtime readers and idle workers (the latter
-        names the job, so it is not the once-per-transaction empty one)."""
+        notifications that wake the realtime readers and idle workers. The
+        workers' notification names the job (an idle worker claims it by id); one
+        per transaction is enough, since a worker told of one job that is not the
+        only one due claims fairly among all of them."""
         plain = {k: v for k, v in row.items() if not isinstance(v, ClauseElement)}
-        shape = ("submit", tuple(sorted(plain)),
+        transaction = conn.get_transaction()
+        wake = transaction is None or conn.info.get(
+            "dartwing_notified", {}).get(NOTIFY_CHANNEL) is not transaction
+        shape = ("submit", wake, tuple(sorted(plain)),
                  tuple(sorted(k for k in row if k not in plain)))
         stmt = self._statements.get(shape)
         if stmt is None:  # built once per shape; the values are bound at execution
             stmt = self._statements[shape] = self._submit_statement(dict(row, **{
-                k: bindparam(f"v_{k}", type_=jobs.c[k].type) for k in plain}))
+                k: bindparam(f"v_{k}", type_=jobs.c[k].type) for k in plain}), wake)
         created: RowMapping | None = conn.execute(
             stmt, {f"v_{k}": v for k, v in plain.items()}).mappings().first()
         if created is not None:
             self._mark_notified(conn, EVENTS_CHANNEL)
+            if wake and created["status"] == Status.QUEUED.value:
+                self._mark_notified(conn, NOTIFY_CHANNEL)
         return created
 
-    def _submit_statement(self, row: dict[str, Any]) -> Any:
+    def _submit_statement(self, row: dict[str, Any], wake: bool) -> Any:
         ins = self._insert_ignoring_duplicate(row).returning(*jobs.c).cte("ins")
         event = insert(job_events).from_select(
             ["job_id", "organization", "job_type", "kind", "status", "attempt", "progress",
@@ -162,6 +169,8 @@ class PostgresStore(Store):
                    null(), db_now()),
         ).cte("event")
         woke_readers = select(func.pg_notify(EVENTS_CHANNEL, "")).scalar_subquery()
+        if not wake:
+            return select(ins, woke_readers.label("_woke_readers")).add_cte(event)
         # The payload names the job: an idle worker claims it by id (no fair walk).
         woke_workers = (select(func.pg_notify(NOTIFY_CHANNEL, ins.c.id))
                         .where(ins.c.status == Status.QUEUED.value).scalar_subquery())
