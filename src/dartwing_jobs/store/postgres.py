@@ -5,8 +5,6 @@ LOCKED`` lets many workers claim without blocking each other."""
 from __future__ import annotations
 
 import json
-import select as io_select
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +16,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     create_engine,
-    event,
     func,
     insert,
     literal,
@@ -30,7 +27,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.sql.expression import ClauseElement
 
 from ..domain.outcomes import Outcome
@@ -61,54 +57,6 @@ def psycopg_url(url: str) -> str:
     return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://"):]
 
 
-#: A pooled connection that sat unused this long is pinged before it is handed
-#: out, and replaced if the server is gone (a restart, a dropped session).
-PING_AFTER_IDLE_SECONDS = 1.0
-
-
-def _ping_idle_connections(engine: Engine) -> None:
-    """``pool_pre_ping`` without a round trip for busy connections. The hot paths
-    (submit, claim, group commit) check a connection out many times a second: a
-    ping each time was one round trip in four of a submission. A connection is
-    pinged when it sat idle a while, or when its socket has something to read
-    although nothing was asked: a server that ends a session (a restart, an
-    administrator's ``pg_terminate_backend``, an idle timeout) says so and closes
-    it. A dead connection fails its ping and the pool replaces it."""
-
-    @event.listens_for(engine, "checkin")
-    def _checked_in(dbapi_conn: Any, record: Any) -> None:
-        record.info["dartwing_idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        since = record.info.get("dartwing_idle_since")
-        idle = since is not None and time.monotonic() - since >= PING_AFTER_IDLE_SECONDS
-        if not idle and not _spoken_to(dbapi_conn):
-            return
-        try:
-            _ping(dbapi_conn)
-        except Exception as exc:  # the pool retries with a new connection
-            raise DisconnectionError(str(exc)) from exc
-
-
-def _spoken_to(dbapi_conn: Any) -> bool:
-    """Whether the server sent something unasked (or the socket is gone)."""
-    try:
-        poller = io_select.poll()
-        poller.register(dbapi_conn.pgconn.socket, io_select.POLLIN)
-        return bool(poller.poll(0))
-    except Exception:
-        return True
-
-
-def _ping(dbapi_conn: Any) -> None:
-    dbapi_conn.autocommit = True  # the ping opens no transaction
-    try:
-        dbapi_conn.execute("SELECT 1")
-    finally:
-        dbapi_conn.autocommit = False
-
-
 class PostgresStore(Store):
     backend = "postgresql"
     notifies_workers = True
@@ -118,9 +66,12 @@ class PostgresStore(Store):
             sqlalchemy_url(url),
             pool_size=int(options.get("pool_size", 10)),
             max_overflow=20,
+            # A ping per checkout (one round trip): a session the server ended
+            # is replaced before use. Pinging only idle or "spoken to" connections
+            # was tried and raced a termination still in flight.
+            pool_pre_ping=True,
             connect_args={"application_name": options.get("application_name", "dartwing-jobs")},
         )
-        _ping_idle_connections(engine)
         return engine
 
     @contextmanager
