@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from dartwing_jobs import Engine
+from dartwing_jobs.store.base import sqlite_path
 from tests.conftest import PG_ADMIN_URL
 
 from .conftest import (
@@ -91,6 +93,29 @@ def test_sigkill_whole_worker(world: Any, ledger_db: Any, workers: Workers) -> N
     check_invariants(ledger_db, jobs)
 
 
+def freeze_outside_a_write(worker: Any, engine: Engine) -> None:
+    """SIGSTOP the worker. On SQLite a process frozen inside a write transaction
+    holds the file's only write lock, and nobody can rescue anything until it is
+    continued: that is SQLite, not the fault under test, so freeze again until
+    the lock is free."""
+    for _ in range(50):
+        worker.send(signal.SIGSTOP)
+        if engine.store.backend != "sqlite":
+            return
+        probe = sqlite3.connect(str(sqlite_path(engine.settings.database_url)),
+                                timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            worker.send(signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError("the worker kept the SQLite write lock")
+
+
 def test_frozen_worker_late_outcome_is_refused(world: Any, ledger_db: Any,
                                               workers: Workers) -> None:
     """SIGSTOP a supervisor past its lease while its child finishes the handler; a
@@ -101,7 +126,7 @@ def test_frozen_worker_late_outcome_is_refused(world: Any, ledger_db: Any,
     job_id = submit(engine, "rec", sleep=0.3)
     frozen = workers.start(concurrency=1)
     run1 = wait_ledger(ledger_db, job_id, 1)
-    frozen.send(signal.SIGSTOP)
+    freeze_outside_a_write(frozen, world.engine)
     # The child's run ends (its outcome now waits in the pipe of a frozen process).
     wait_until(lambda: ledger_rows(ledger_db, job_id)[0]["ended"] > run1["started"] + 0.25,
                10, "the first run to end")
