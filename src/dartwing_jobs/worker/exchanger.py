@@ -246,9 +246,7 @@ class Exchanger:
             want = 0
         if claim and want:
             self._next_look = now + self.poll_interval
-        if claim and want and not batch and not notified and not in_transaction(
-            self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True
-        ):
+        if claim and want and not batch and not notified and not self._due_now():
             self._drained = True
             want = 0
         if not batch and not progress and not (claim and want):
@@ -271,7 +269,7 @@ class Exchanger:
             # A short claim is not an empty queue (rows another worker had locked,
             # an organization at its limit): drained only if nothing is due now.
             self._drained = (len(rows) < want and self.store.notifies_workers
-                             and self._nothing_due())
+                             and self._due_now() is False)
         with self._lock:
             del self._outcomes[: len(batch)]
             if not self._outcomes:
@@ -282,10 +280,11 @@ class Exchanger:
             self._on_claimed(rows)
         return fast + rows
 
-    def _nothing_due(self) -> bool:
-        due = in_transaction(
+    def _due_now(self) -> bool | None:
+        """Whether any job is due for this worker; None when the database failed."""
+        due: bool | None = in_transaction(
             self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True)
-        return due is False
+        return due
 
     def _remember_claimed(self, rows: list[RowMapping]) -> None:
         with self._lock:
