@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import RowMapping
 
 from dartwing_jobs import Engine
@@ -156,6 +156,78 @@ def test_job_type_filter_with_fairness(three: World) -> None:
     submit_many(engine, "initech", 3, job_type="nodedup")
     rows = claim(engine, 4, job_types=["nodedup"])
     assert [r["organization"] for r in rows] == ["acme", "initech", "acme", "initech"]
+
+
+def many_organizations(engine: Engine, n: int, jobs_each: int) -> dict[str, list[str]]:
+    """``n`` organizations, each with ``jobs_each`` due jobs (ids in due order)."""
+    made: dict[str, list[str]] = {}
+    for i in range(n):
+        org = f"tenant-{i:02d}"
+        engine.create_organization(org)
+        made[org] = [engine.submit_job("noop", org, {"i": k},
+                                       run_at=time.time() - 100 + k).id
+                     for k in range(jobs_each)]
+    return made
+
+
+def test_one_job_per_organization_is_each_ones_first(world: World,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim of fewer jobs than there are organizations takes each organization's
+    first due job, in rotation order. On PostgreSQL those jobs come locked from
+    the organization walk itself: the per-organization fetch is not sent."""
+    engine = world.engine
+    made = many_organizations(engine, 12, 3)
+    if engine.store.walk_locks_heads:
+        def no_fetch(*args: Any, **kwargs: Any) -> list[RowMapping]:
+            raise AssertionError("the walk's jobs were enough")
+        monkeypatch.setattr(engine.store, "organization_heads", no_fetch)
+    rows = claim(engine, 5)
+    assert [r["organization"] for r in rows] == [f"tenant-{i:02d}" for i in range(5)]
+    assert [r["id"] for r in rows] == [made[f"tenant-{i:02d}"][0] for i in range(5)]
+    rows = claim(engine, 5)
+    assert [r["id"] for r in rows] == [made[f"tenant-{i:02d}"][0] for i in range(5, 10)]
+
+
+def test_concurrent_claims_of_one_job_per_organization(world: World) -> None:
+    """A claim holds the jobs its walk locked until it commits, including those of
+    organizations it walked past without taking (the steps beyond its share);
+    a concurrent claim over the same organizations takes their next jobs instead,
+    never the same one, and after the commit those untaken jobs are claimable."""
+    engine = world.engine
+    if not engine.store.walk_locks_heads:
+        pytest.skip("row locks are PostgreSQL's (SQLite serialises writers)")
+    made = many_organizations(engine, 6, 3)
+    with engine.store.transaction() as first:
+        mine = engine.store.claim_jobs(first, "w1", 3, 30.0, after_organization="")
+        assert [r["id"] for r in mine] == [made[f"tenant-{i:02d}"][0] for i in range(3)]
+        with engine.store.transaction() as second:
+            second.execute(text("SET LOCAL lock_timeout = '5s'"))  # fail, never hang
+            theirs = engine.store.claim_jobs(second, "w2", 6, 30.0, after_organization="")
+        # The first claim walked all six (its share plus the slack steps): every
+        # organization's first job is locked, so the second takes the next of each.
+        assert [r["id"] for r in theirs] == [made[o][1] for o in sorted(made)]
+    rest = claim(engine, 100, worker="w3")
+    everything = [r["id"] for r in mine + theirs + rest]
+    assert sorted(everything) == sorted(i for ids in made.values() for i in ids)
+    # The first jobs the first claim locked but did not take came free.
+    assert {made[f"tenant-{i:02d}"][0] for i in range(3, 6)} <= {r["id"] for r in rest}
+
+
+def test_walk_passes_over_a_job_another_claim_holds(world: World) -> None:
+    """An organization whose first due job another transaction has locked still
+    counts, with its next due job."""
+    engine = world.engine
+    if not engine.store.walk_locks_heads:
+        pytest.skip("row locks are PostgreSQL's (SQLite serialises writers)")
+    made = many_organizations(engine, 3, 2)
+    held = made["tenant-01"][0]
+    with engine.store.transaction() as other:
+        other.execute(select(jobs.c.id).where(jobs.c.id == held).with_for_update())
+        with engine.store.transaction() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '5s'"))  # fail, never hang
+            rows = engine.store.claim_jobs(conn, "w1", 3, 30.0)
+    assert [r["id"] for r in rows] == [made["tenant-00"][0], made["tenant-01"][1],
+                                       made["tenant-02"][0]]
 
 
 # -- concurrency limits ----------------------------------------------------------------

@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     tuple_,
     union_all,
     update,
@@ -90,6 +91,17 @@ def new_id() -> str:
 WALK_REUSE_SECONDS = 0.05
 
 
+class Walk(NamedTuple):
+    """One organization walk of a fair claim."""
+
+    #: (organization, has a due job at the priority), in rotation order.
+    steps: list[tuple[str, bool]]
+    #: Each organization's first due job, locked by this walk's transaction
+    #: (``id, organization, job_type, due_at, attempts``); empty where the backend
+    #: has no row locks or the walk was reused.
+    heads: dict[str, RowMapping]
+
+
 class Store(ABC):
     """Shared Core queries. Subclasses provide ``_create_engine`` and backend-only
     behaviour; nothing here depends on the dialect except through SQLAlchemy."""
@@ -99,6 +111,9 @@ class Store(ABC):
     #: for) wakes idle workers through the database; only the clock (a retry or a
     #: ``run_at`` falling due) is left to their polling.
     notifies_workers: bool = False
+    #: The fair claim's organization walk also locks and returns each
+    #: organization's first due job (backends with ``SKIP LOCKED``).
+    walk_locks_heads: bool = False
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
@@ -836,26 +851,34 @@ class Store(ABC):
     def walk_organizations(
         self, conn: Connection, priority: int, after: str, upto: str | None, steps: int,
         job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
-    ) -> list[tuple[str, bool]]:
+    ) -> Walk:
         """A bounded skip scan over the organization index: the organizations with
         claimable jobs, in name order, strictly after ``after`` (and not beyond
         ``upto``), at most ``steps`` of them, each with whether it has a due job
         at ``priority``. Every step is one index probe, however many jobs an
         organization holds.
 
+        On backends with row locks (``walk_locks_heads``) the same statement also
+        locks each organization's first due job at ``priority``
+        (``FOR UPDATE SKIP LOCKED``) and returns it: when a claim wants one job
+        per organization (many organizations, the usual multi-tenant case) those
+        are the jobs it claims, and the separate per-organization fetch is not
+        needed.
+
         A walk is reused for WALK_REUSE_SECONDS by the claims of this process that
         ask the same question (the steady state of a busy queue): an organization
         that gets its first due job meanwhile waits at most that long for its
         turn, and one that ran dry is merely probed once more by the next step.
-        Pauses and limits are never cached."""
+        A reused walk brings no jobs (their locks belonged to an earlier
+        transaction). Pauses and limits are never cached."""
         shape = (upto is not None, tuple(job_type_filter or ()), tuple(sorted(paused_types)))
         seen = (shape, priority, after, upto)
         now = time.monotonic()
         cached = self._walks.get(seen)
         if cached is not None and cached[0] > now:
-            _, taken, walked = cached
-            if taken >= steps or len(walked) < taken:  # as long, or it reached the end
-                return walked[:steps]
+            _, taken, before = cached
+            if taken >= steps or len(before) < taken:  # as long, or it reached the end
+                return Walk(before[:steps], {})
         stmt = self._statements.get(("walk", *shape))
         if stmt is None:
             stmt = self._statements[("walk", *shape)] = self._walk_statement(
@@ -863,11 +886,16 @@ class Store(ABC):
         params: dict[str, Any] = {"after": after, "steps": steps, "priority": priority}
         if upto is not None:
             params["upto"] = upto
-        walked = [(str(o), bool(d)) for o, d in conn.execute(stmt, params)]
+        walked: list[tuple[str, bool]] = []
+        heads: dict[str, RowMapping] = {}
+        for row in conn.execute(stmt, params).mappings():
+            walked.append((str(row["org"]), bool(row["has_due"])))
+            if self.walk_locks_heads and row["id"] is not None:
+                heads[str(row["org"])] = row
         if len(self._walks) > 64:
             self._walks.clear()
         self._walks[seen] = (now + WALK_REUSE_SECONDS, steps, walked)
-        return list(walked)  # the caller may extend it; the cache keeps its own
+        return Walk(list(walked), heads)  # the caller may extend it; the cache keeps its own
 
     def _walk_statement(self, bounded: bool, job_type_filter: Sequence[str] | None,
                         paused_types: frozenset[str]) -> Any:
@@ -892,11 +920,24 @@ class Store(ABC):
             step = step.where(walk.c.org < bindparam("upto", type_=String))
         walk = walk.union_all(step)
         due = jobs.alias("due")
-        has_due = exists(select(literal(1)).where(
-            due.c.organization == walk.c.org,
-            due.c.priority == bindparam("priority", type_=Integer),
-            *self._claim_filters(job_type_filter, paused_types, due)))
-        stmt = select(walk.c.org, has_due.label("has_due")).where(walk.c.org.is_not(None))
+        due_filters = [due.c.organization == walk.c.org,
+                       due.c.priority == bindparam("priority", type_=Integer),
+                       *self._claim_filters(job_type_filter, paused_types, due)]
+        if self.walk_locks_heads:
+            # The organization's first due job, locked (a LEFT JOIN LATERAL: an
+            # organization whose due jobs another claimer holds is still a step).
+            head = (select(due.c.id, due.c.organization, due.c.job_type, due.c.due_at,
+                           due.c.attempts)
+                    .where(*due_filters).order_by(due.c.due_at).limit(1)
+                    .with_for_update(skip_locked=True).lateral("head"))
+            stmt = (select(walk.c.org, head.c.id.is_not(None).label("has_due"), head.c.id,
+                           head.c.organization, head.c.job_type, head.c.due_at,
+                           head.c.attempts)
+                    .select_from(walk.outerjoin(head, true())))
+        else:
+            has_due = exists(select(literal(1)).where(*due_filters))
+            stmt = select(walk.c.org, has_due.label("has_due"))
+        stmt = stmt.where(walk.c.org.is_not(None))
         if bounded:
             stmt = stmt.where(walk.c.org <= bindparam("upto", type_=String))
         return stmt.order_by(walk.c.n)

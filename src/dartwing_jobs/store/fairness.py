@@ -14,7 +14,11 @@ One claim, inside its transaction, with a bounded number of statements:
    running jobs counted, giving each a budget for this claim;
 4. each chosen organization's first ``k`` due jobs at that priority by due time
    (PostgreSQL: a ``LATERAL`` per organization with ``FOR UPDATE SKIP LOCKED``;
-   SQLite: ``UNION ALL`` of LIMITed ranges) - at most about ``limit`` rows;
+   SQLite: ``UNION ALL`` of LIMITed ranges) - at most about ``limit`` rows. On
+   PostgreSQL a fresh walk has already locked each organization's first due job
+   in step 2; when the claim takes one job per organization (as many
+   organizations as wanted jobs, the multi-tenant case) those are the jobs, and
+   this step's statement is not sent;
 5. the jobs are interleaved round robin (rank inside its organization, then
    rotation order) and the first ``limit`` are claimed by the caller's UPDATE.
 
@@ -58,6 +62,8 @@ class FairChoice:
         self.type_budget: dict[tuple[str, str], int] = {}
         #: The attempt number each fetched job had when it was read (claim fence).
         self.attempts: dict[str, int] = {}
+        #: Each organization's first due job, locked by the last walk (if it did).
+        self.walk_heads: dict[str, RowMapping] = {}
 
     def choose(self, limit: int, cursor: str) -> tuple[list[str], str]:
         """Job ids in start order, and the new rotation cursor."""
@@ -77,13 +83,16 @@ class FairChoice:
         """Organizations with a due job at ``priority`` that may start jobs now, in
         rotation order after ``cursor``; and the last organization looked at."""
         steps = min(MAX_STEPS, want * self.policy.scan_factor + len(self.blocked) + 8)
-        walked = self.store.walk_organizations(
+        walk = self.store.walk_organizations(
             self.conn, priority, cursor, None, steps, self.job_type_filter,
             self.controls.paused_types)
+        walked, self.walk_heads = walk.steps, dict(walk.heads)
         if len(walked) < steps and cursor:  # reached the end: wrap around
-            walked += self.store.walk_organizations(
+            walk = self.store.walk_organizations(
                 self.conn, priority, "", cursor, steps - len(walked), self.job_type_filter,
                 self.controls.paused_types)
+            walked += walk.steps
+            self.walk_heads.update(walk.heads)
         last = walked[-1][0] if walked else None
         orgs = [o for o, due in walked if due and o not in self.blocked]
         unchecked = [o for o in orgs if o not in self.checked and (
@@ -127,9 +136,14 @@ class FairChoice:
                 break
             blocked_pairs = sorted(pair for pair, n in self.type_budget.items()
                                    if n <= 0 and pair[0] in active)
-            rows = self.store.organization_heads(
-                self.conn, priority, wanted, self.job_type_filter,
-                self.controls.paused_types, blocked_pairs, fetched)
+            if (not fetched and not blocked_pairs
+                    and all(k == 1 and o in self.walk_heads for o, k in wanted)):
+                # One job per organization: the walk has locked exactly those.
+                rows = [self.walk_heads[o] for o, _ in wanted]
+            else:
+                rows = self.store.organization_heads(
+                    self.conn, priority, wanted, self.job_type_filter,
+                    self.controls.paused_types, blocked_pairs, fetched)
             fetched += [r["id"] for r in rows]
             self.attempts.update((r["id"], r["attempts"]) for r in rows)
             taken, served = self._interleave(rows, [o for o, _ in wanted], want - len(picked))

@@ -60,6 +60,7 @@ def psycopg_url(url: str) -> str:
 class PostgresStore(Store):
     backend = "postgresql"
     notifies_workers = True
+    walk_locks_heads = True
 
     def _create_engine(self, url: str, **options: Any) -> Engine:
         engine = create_engine(
