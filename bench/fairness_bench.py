@@ -15,10 +15,10 @@
    transaction each, as the worker's exchanger claims) over 1,000 organizations
    each holding 100 ready no-op jobs, and over one organization holding the same
    100,000; fair claiming on (and off for one organization, for reference). The
-   three setups are seeded first, then take turns (``--rounds``, default 5) of
-   ``--claims / --rounds`` claims each; each rate is the median of its turns
-   (min and max beside it) and the 1,000-organization figure is quoted as a
-   ratio to the one-organization one.
+   three setups take turns (``--rounds``, default 3) of ``--claims / --rounds``
+   claims each, every turn on a database seeded for it; each rate is the median
+   of its turns (min and max beside it) and the 1,000-organization figure is
+   quoted as a ratio to the one-organization one.
 
 Writes bench/results/fairness-<timestamp>.json and prints Markdown tables.
 """
@@ -34,7 +34,6 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,19 +175,21 @@ def seeded_claim_store(url: str, backend: str, orgs: int, per_org: int, fair: bo
 
 def claim_runs(backend: str, setups: list[tuple[int, int, bool]], claims: int, rounds: int
                ) -> list[dict[str, Any]]:
-    """Claims of 100 in a loop, one transaction each, on every setup; the setups
+    """Claims of 100 in a loop, one transaction each, on every setup. The setups
     take turns, ``claims / rounds`` claims per turn, so that a slow moment of the
-    machine falls on all of them alike. Rates: median (min, max) of the rounds."""
+    machine falls on all of them alike; each turn runs on a freshly seeded database
+    of its own and only that database exists meanwhile (several seeded databases
+    at once would compete for the server's buffer cache, which penalises the
+    setup whose claims touch pages all over the table). Rates: median (min, max)
+    of the turns."""
     per_round = max(1, min(claims, min(o * k for o, k, _ in setups) // 100) // rounds)
-    with ExitStack() as stack:
-        engines = [seeded_claim_store(stack.enter_context(database(backend)), backend,
-                                      orgs, per_org, fair)
-                   for orgs, per_org, fair in setups]
-        rates: list[list[float]] = [[] for _ in setups]
-        claimed = [0 for _ in setups]
-        served: list[set[str]] = [set() for _ in setups]
-        for _ in range(rounds):
-            for i, engine in enumerate(engines):
+    rates: list[list[float]] = [[] for _ in setups]
+    claimed = [0 for _ in setups]
+    served: list[set[str]] = [set() for _ in setups]
+    for _ in range(rounds):
+        for i, (orgs, per_org, fair) in enumerate(setups):
+            with database(backend) as url:
+                engine = seeded_claim_store(url, backend, orgs, per_org, fair)
                 got = 0
                 started = time.perf_counter()
                 for _ in range(per_round):
@@ -198,8 +199,7 @@ def claim_runs(backend: str, setups: list[tuple[int, int, bool]], claims: int, r
                     served[i].update(r["organization"] for r in rows)
                 rates[i].append(got / (time.perf_counter() - started))
                 claimed[i] += got
-        for engine in engines:
-            engine.close()
+                engine.close()
     return [{"backend": backend, "organizations": orgs, "jobs_per_organization": per_org,
              "fair_claiming": fair, "claimed": claimed[i], "rounds": rounds,
              "jobs_per_s": round(statistics.median(rates[i]), 1),
@@ -218,7 +218,7 @@ def main() -> int:
     parser.add_argument("--claim-orgs", type=int, default=1000)
     parser.add_argument("--claim-per-org", type=int, default=100)
     parser.add_argument("--claims", type=int, default=300, help="claims of 100 timed")
-    parser.add_argument("--rounds", type=int, default=5,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="turns the claim setups take, interleaved")
     parser.add_argument("--skip-delay", action="store_true")
     args = parser.parse_args()

@@ -907,10 +907,15 @@ class Store(ABC):
         nxt = jobs.alias("nxt")
 
         def next_org(prev: Any) -> Any:
+            # Ordered like ix_background_jobs_org_claimable, so that this partial
+            # index serves the probe: ordered by organization alone, the planner
+            # may take (organization, status) instead and step over every finished
+            # job of the next organization (its 'completed' entries sort first).
             return (select(nxt.c.organization)
                     .where(CLAIMABLE_PREDICATE, nxt.c.organization > prev,
                            nxt.c.id.is_not(None))
-                    .order_by(nxt.c.organization).limit(1).scalar_subquery())
+                    .order_by(nxt.c.organization, nxt.c.priority, nxt.c.due_at)
+                    .limit(1).scalar_subquery())
 
         walk = select(next_org(bindparam("after", type_=String)).label("org"),
                       literal(1, Integer).label("n")).cte("walk", recursive=True)
