@@ -19,7 +19,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, insert, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 
 from dartwing_jobs import DuplicateJob, Engine
@@ -264,7 +265,7 @@ def test_pg_walk_never_steps_over_finished_jobs(world: World) -> None:
     # Then most of each organization's jobs finish, faster than the statistics
     # follow (they still say every job is queued: a busy queue's usual state).
     with world.engine.store.transaction() as conn:
-        conn.execute(text("UPDATE background_jobs SET status = 'completed' WHERE id IN ("
+        conn.execute(sql_text("UPDATE background_jobs SET status = 'completed' WHERE id IN ("
                           "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY "
                           "organization ORDER BY due_at) AS n FROM background_jobs) AS r "
                           "WHERE n <= 60)"))
