@@ -60,6 +60,26 @@ def test_leases_are_renewed_per_attempt_not_per_job(world: World) -> None:
     assert kept == {(job.id, attempt): False}
 
 
+def test_cancel_requests_name_only_running_attempts_asked_to_stop(world: World) -> None:
+    """The heartbeat's question, for many held attempts at once: only attempts
+    that still run and whose job was asked to stop come back, each by (id,
+    attempt); a stale attempt number or a job not running never does."""
+    ids = [world.submit(parameters={"n": i}).id for i in range(6)]
+    rows = claim(world, 6)
+    attempt = {str(r["id"]): int(r["attempts"]) for r in rows}
+    for job_id in ids[:3]:
+        world.engine.cancel_job(job_id)
+    with world.engine.store.transaction() as conn:  # ids[2] finishes: not running
+        world.engine.store.record_outcomes(conn, [failed(ids[2], attempt[ids[2]])])
+    held = [(i, attempt[i]) for i in ids] + [(ids[1], attempt[ids[1]] + 1)]
+    with world.engine.store.read() as conn:
+        assert world.engine.store.cancel_requests(conn, held) == {
+            (ids[0], attempt[ids[0]]), (ids[1], attempt[ids[1]])}
+        assert world.engine.store.cancel_requests(conn, held[3:]) == set()
+        assert world.engine.store.cancel_requests(conn, [(ids[1], attempt[ids[1]] + 1)]) == set()
+        assert world.engine.store.cancel_requests(conn, []) == set()
+
+
 def test_submit_jobs_keeps_nothing_of_a_refused_batch_in_the_caller_s_transaction(
         world: World) -> None:
     first = world.submit(parameters={"n": "dup"})

@@ -16,10 +16,11 @@ from dartwing_jobs.store.clock import db_now
 CASES = [
     (postgresql.dialect(), [postgres_hot.CLAIM_IN_ORDER, postgres_hot.CLAIM_CHOSEN,
                             postgres_hot.CLAIM_NOTIFIED,
-                            postgres_hot.COMPLETE_MANY]),
+                            postgres_hot.COMPLETE_MANY, postgres_hot.CANCEL_REQUESTS]),
     (sqlite.dialect(), [sqlite_hot.CLAIM_IN_ORDER, sqlite_hot.CLAIM_IN_ORDER_OF_TYPES,
                         sqlite_hot.CLAIM_CHOSEN, sqlite_hot.COMPLETE_MANY,
-                        sqlite_hot.STATUS_EVENTS, sqlite_hot.COMPLETED_LOG]),
+                        sqlite_hot.STATUS_EVENTS, sqlite_hot.COMPLETED_LOG,
+                        sqlite_hot.CANCEL_REQUESTS]),
 ]
 
 

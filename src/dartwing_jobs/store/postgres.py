@@ -231,6 +231,14 @@ class PostgresStore(Store):
     def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
         return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": list(job_ids)}).scalars())
 
+    def cancel_requests(self, conn: Connection, held: Sequence[tuple[str, int]]
+                        ) -> set[tuple[str, int]]:
+        if not held:
+            return set()
+        rows = conn.execute(hot.CANCEL_REQUESTS, {"ids": [i for i, _ in held],
+                                                  "attempts": [a for _, a in held]})
+        return {(r.id, r.attempts) for r in rows}
+
     def _sent_events(self, conn: Connection, rows: Sequence[RowMapping]) -> list[RowMapping]:
         """Rows of a hot statement, which notified the realtime readers itself."""
         if rows:

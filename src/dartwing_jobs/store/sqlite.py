@@ -145,6 +145,13 @@ class SQLiteStore(Store):
         if rows:
             conn.execute(hot.STATUS_EVENTS, {"ids": json.dumps([r["id"] for r in rows])})
 
+    def cancel_requests(self, conn: Connection, held: Sequence[tuple[str, int]]
+                        ) -> set[tuple[str, int]]:
+        if not held:
+            return set()
+        rows = conn.execute(hot.CANCEL_REQUESTS, {"held": json.dumps([list(h) for h in held])})
+        return {(r.id, r.attempts) for r in rows}
+
     def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
         return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": json.dumps(list(job_ids))})
                     .scalars())

@@ -89,6 +89,17 @@ WHERE background_jobs.id = done.id AND background_jobs.attempts = done.attempt
 RETURNING background_jobs.id, background_jobs.attempts
 """)
 
+#: Which of the attempts in the JSON array ``:held`` (``[[id, attempt], ...]``)
+#: were asked to stop (asked by the supervisor's heartbeat several times a second
+#: for every job it holds: one text whatever their number).
+CANCEL_REQUESTS = text("""
+SELECT j.id, j.attempts
+FROM json_each(:held) AS h
+JOIN background_jobs AS j
+  ON j.id = json_extract(h.value, '$[0]') AND j.attempts = json_extract(h.value, '$[1]')
+WHERE j.cancel_requested AND +j.status = 'running'
+""")
+
 #: Which of the JSON array ``:ids`` other jobs depend on.
 HAVING_DEPENDENTS = text("""
 SELECT DISTINCT depends_on_id FROM job_dependencies
