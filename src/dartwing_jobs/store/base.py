@@ -833,19 +833,24 @@ class Store(ABC):
         table's statistics still describe it as nearly empty (right after a burst
         of submissions), where a range condition would tempt the planner into
         reading and sorting every due row."""
-        filters = self._claim_filters(job_type_filter, paused_types)
-
-        def first_due(level: int) -> Any:
-            # Ordered like the claim index, so that index serves it (no sort); the
-            # id is read from the heap, so the scan is a plain index scan, which
-            # marks the entries of jobs claimed since as dead (an index-only scan
-            # would visit each of them again at every claim until a vacuum).
-            return (select(jobs.c.id).where(jobs.c.priority == level, *filters)
-                    .order_by(jobs.c.due_at).limit(1).scalar_subquery()
-                    .is_not(None).label(f"p{level}"))
-
         levels = [int(p) for p in Priority]
-        found = conn.execute(select(*[first_due(level) for level in levels])).one()
+        key = ("priorities", tuple(job_type_filter or ()), tuple(sorted(paused_types)))
+        stmt = self._statements.get(key)
+        if stmt is None:  # built once per shape: building it cost more than running it
+            filters = self._claim_filters(job_type_filter, paused_types)
+
+            def first_due(level: int) -> Any:
+                # Ordered like the claim index, so that index serves it (no sort);
+                # the id is read from the heap, so the scan is a plain index scan,
+                # which marks the entries of jobs claimed since as dead (an
+                # index-only scan would visit each of them again at every claim
+                # until a vacuum).
+                return (select(jobs.c.id).where(jobs.c.priority == level, *filters)
+                        .order_by(jobs.c.due_at).limit(1).scalar_subquery()
+                        .is_not(None).label(f"p{level}"))
+
+            stmt = self._statements[key] = select(*[first_due(level) for level in levels])
+        found = conn.execute(stmt).one()
         return [level for level, due in zip(levels, found, strict=True) if due]
 
     def walk_organizations(
