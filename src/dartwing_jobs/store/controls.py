@@ -72,21 +72,27 @@ class Controls:
         return {t: n for (o, t), n in self.type_limits.items() if o == organization}
 
 
-def read_controls(conn: Connection) -> Controls:
-    """Both control tables in one round trip (every claim reads them): limit rows,
-    then paused job types as rows with no organization."""
-    limits = select(organization_limits.c.organization, organization_limits.c.job_type,
-                    organization_limits.c.max_running, organization_limits.c.paused).where(
+#: Both control tables in one statement (every claim reads them): limit rows,
+#: then paused job types as rows with no organization. Built once: it has no
+#: parameters, and building it cost a claim more than running it.
+_CONTROLS = union_all(
+    select(organization_limits.c.organization, organization_limits.c.job_type,
+           organization_limits.c.max_running, organization_limits.c.paused).where(
         or_(organization_limits.c.paused.is_(True),
-            organization_limits.c.max_running.is_not(None)))
-    types = select(literal(None, String).label("organization"), paused_job_types.c.job_type,
-                   literal(None, Integer).label("max_running"),
-                   literal(True, Boolean).label("paused"))
+            organization_limits.c.max_running.is_not(None))),
+    select(literal(None, String).label("organization"), paused_job_types.c.job_type,
+           literal(None, Integer).label("max_running"),
+           literal(True, Boolean).label("paused")),
+)
+
+
+def read_controls(conn: Connection) -> Controls:
+    """The claim-relevant control rows, in one round trip."""
     paused_types: set[str] = set()
     paused_orgs: set[str] = set()
     org_limits: dict[str, int] = {}
     type_limits: dict[tuple[str, str], int] = {}
-    for org, job_type, max_running, paused in conn.execute(union_all(limits, types)).all():
+    for org, job_type, max_running, paused in conn.execute(_CONTROLS).all():
         if org is None:
             paused_types.add(job_type)
         elif job_type == ALL_JOB_TYPES:
