@@ -210,7 +210,7 @@ class PostgresStore(Store):
                       chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
         rows = conn.execute(hot.CLAIM_CHOSEN, {
             "worker_id": worker_id, "lease": float(lease_seconds),
-            "ids": [i for i, _ in chosen], "attempts": [a for _, a in chosen],
+            "chosen": json.dumps([{"id": i, "attempts": a} for i, a in chosen]),
             "channel": EVENTS_CHANNEL,
         }).mappings().all()
         return self._sent_events(conn, rows)
@@ -218,12 +218,10 @@ class PostgresStore(Store):
     def _complete_many(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[str]:
         """One statement for a whole batch of successes: rows, log, events."""
         rows = conn.execute(hot.COMPLETE_MANY, {
-            "ids": [o.job_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "results": [json.dumps(o.result) for o in outcomes],
-            "workers": [o.worker_id for o in outcomes],
-            "started": [float(o.started_at) for o in outcomes],
-            "durations": [float(o.duration_ms) for o in outcomes],
+            "batch": json.dumps([{
+                "id": o.job_id, "attempt": o.attempt, "result": json.dumps(o.result),
+                "worker_id": o.worker_id, "started_at": float(o.started_at),
+                "duration_ms": float(o.duration_ms)} for o in outcomes]),
             "channel": EVENTS_CHANNEL,
         }).mappings().all()
         return [r["id"] for r in self._sent_events(conn, rows)]

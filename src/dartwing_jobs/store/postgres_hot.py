@@ -2,8 +2,11 @@
 
 A claim and a group commit of successes are each one statement and one round
 trip: the row updates, their status events and (for successes) the execution-log
-rows are written by data-modifying CTEs, and every value travels as one array
-parameter. The text never changes with the batch size, so the server plans it
+rows are written by data-modifying CTEs, and a batch's values travel as one array
+parameter or, for the larger batches, as one JSON text read by
+``json_to_recordset`` (the client's JSON encoder is C; psycopg's array dumper
+quotes element by element in Python, which cost the supervisor more than the
+rest of the statement). The text never changes with the batch size, so the server plans it
 once per connection and the client never recompiles it.
 
 Fences are the same as on the generic path: a claim updates only rows it locked
@@ -62,14 +65,14 @@ events AS (
 SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
 """)
 
-#: The jobs a fair choice picked and locked (``:ids``, ``:attempts`` as read).
+#: The jobs a fair choice picked and locked (``:chosen``: a JSON array of
+#: ``{"id", "attempts"}`` as read).
 CLAIM_CHOSEN = text("""
 WITH clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
 ),
 chosen AS (
-    SELECT * FROM unnest(CAST(:ids AS varchar[]), CAST(:attempts AS integer[]))
-        AS c(id, attempts)
+    SELECT * FROM json_to_recordset(CAST(:chosen AS json)) AS c(id varchar, attempts integer)
 ),
 claimed AS (
     UPDATE background_jobs AS j
@@ -149,17 +152,17 @@ events AS (
 SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
 """)
 
-#: Successful attempts: the rows, their execution-log rows and status events.
+#: Successful attempts (``:batch``: a JSON array of objects, each result as JSON
+#: text): the rows, their execution-log rows and status events.
 COMPLETE_MANY = text("""
 WITH clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
 ),
 done_in AS (
-    SELECT * FROM unnest(
-        CAST(:ids AS varchar[]), CAST(:attempts AS integer[]), CAST(:results AS jsonb[]),
-        CAST(:workers AS varchar[]), CAST(:started AS double precision[]),
-        CAST(:durations AS double precision[])
-    ) AS d(id, attempt, result, worker_id, started_at, duration_ms)
+    SELECT id, attempt, CAST(result AS jsonb) AS result, worker_id, started_at, duration_ms
+    FROM json_to_recordset(CAST(:batch AS json)) AS d(
+        id varchar, attempt integer, result text, worker_id varchar,
+        started_at double precision, duration_ms double precision)
 ),
 done AS (
     UPDATE background_jobs AS j
