@@ -227,14 +227,15 @@ class PostgresStore(Store):
         return [r["id"] for r in self._sent_events(conn, rows)]
 
     def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
-        return list(conn.execute(hot.HAVING_DEPENDENTS, {"ids": list(job_ids)}).scalars())
+        return list(conn.execute(hot.HAVING_DEPENDENTS,
+                                 {"ids": json.dumps(list(job_ids))}).scalars())
 
     def cancel_requests(self, conn: Connection, held: Sequence[tuple[str, int]]
                         ) -> set[tuple[str, int]]:
         if not held:
             return set()
-        rows = conn.execute(hot.CANCEL_REQUESTS, {"ids": [i for i, _ in held],
-                                                  "attempts": [a for _, a in held]})
+        rows = conn.execute(hot.CANCEL_REQUESTS, {"held": json.dumps(
+            [{"id": i, "attempts": a} for i, a in held])})
         return {(r.id, r.attempts) for r in rows}
 
     def _sent_events(self, conn: Connection, rows: Sequence[RowMapping]) -> list[RowMapping]:

@@ -192,18 +192,19 @@ events AS (
 SELECT done.id, (SELECT pg_notify(:channel, '')) AS notified FROM done
 """)
 
-#: Which of the attempts ``(:ids, :attempts)`` were asked to stop (the
+#: Which of the attempts in ``:held`` (a JSON array of ``{"id", "attempts"}``)
+#: were asked to stop (the
 #: supervisor's heartbeat asks this several times a second for every job it holds,
 #: hundreds when short jobs are prefetched: one text whatever their number).
 CANCEL_REQUESTS = text("""
 SELECT j.id, j.attempts
-FROM unnest(CAST(:ids AS varchar[]), CAST(:attempts AS integer[])) AS h(id, attempts)
+FROM json_to_recordset(CAST(:held AS json)) AS h(id varchar, attempts integer)
 JOIN background_jobs AS j ON j.id = h.id AND j.attempts = h.attempts
 WHERE j.cancel_requested AND j.status = 'running'
 """)
 
-#: Which of ``:ids`` other jobs depend on.
+#: Which of ``:ids`` (a JSON array) other jobs depend on.
 HAVING_DEPENDENTS = text("""
 SELECT DISTINCT depends_on_id FROM job_dependencies
-WHERE depends_on_id = ANY(CAST(:ids AS varchar[]))
+WHERE depends_on_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
 """)
