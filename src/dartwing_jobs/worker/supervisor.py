@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -42,6 +45,33 @@ _UNKNOWN = object()  # a job type that could not be looked up
 PREFETCH_SECONDS = 0.1
 SEND_AHEAD_SECONDS = 0.02
 SHORT_JOB = 0.05  # seconds: jobs shorter than this on average are prefetched
+#: Bytes asked for per read of a child's pipe.
+INBOX_READ = 1 << 16
+#: Pipe ends that are plain file descriptors (POSIX), read directly.
+RAW_CONNECTION = multiprocessing.connection.Connection
+
+
+def take_messages(inbox: bytearray) -> list[Any]:
+    """The whole messages at the front of ``inbox`` (removed from it), framed as
+    ``multiprocessing.connection.Connection.send`` frames them: a signed 4-byte
+    big-endian length (-1: an 8-byte length follows), then the pickle."""
+    messages: list[Any] = []
+    start = 0
+    while len(inbox) - start >= 4:
+        (size,) = struct.unpack_from("!i", inbox, start)
+        header = 4
+        if size == -1:
+            if len(inbox) - start < 12:
+                break
+            (size,) = struct.unpack_from("!Q", inbox, start + 4)
+            header = 12
+        end = start + header + size
+        if len(inbox) < end:
+            break
+        messages.append(pickle.loads(inbox[start + header:end]))
+        start = end
+    del inbox[:start]
+    return messages
 
 
 @dataclass
@@ -61,6 +91,8 @@ class Slot:
     started_epoch: float = 0.0
     deadline: float | None = None  # hard timeout (monotonic)
     kill_at: float | None = None  # end of the cancel grace period (monotonic)
+    #: Bytes read from the child's pipe and not yet a whole message.
+    inbox: bytearray = field(default_factory=bytearray)
 
     @property
     def busy(self) -> bool:
@@ -391,12 +423,44 @@ class Supervisor:
     # -- messages from children --------------------------------------------
 
     def _receive(self, slot: Slot) -> None:
-        if not self._drain(slot):
+        if not self._drain(slot, ready=True):
             self._child_died(slot)
 
-    def _drain(self, slot: Slot) -> bool:
+    def _drain(self, slot: Slot, ready: bool = False) -> bool:
         """Handle every message the child has sent; False once its pipe is closed
-        (what a dead child wrote before it died is still read first)."""
+        (what a dead child wrote before it died is still read first). ``ready``:
+        the pipe was just reported readable, so one read is made without asking
+        first, and whatever arrives later is the next wake-up's.
+
+        On POSIX the pipe is read in large chunks into the slot's inbox and split
+        into messages here (the framing of ``multiprocessing.connection``): one
+        system call for all the reports that arrived together, where
+        ``Connection.recv`` makes two per message and ``poll`` one more."""
+        if not isinstance(slot.conn, RAW_CONNECTION):
+            return self._drain_messages(slot)
+        fd = slot.conn.fileno()
+        while True:
+            if not ready:
+                try:
+                    if not slot.conn.poll():
+                        return True
+                except (EOFError, OSError):
+                    return False
+            try:
+                data = os.read(fd, INBOX_READ)
+            except OSError:
+                data = b""
+            slot.inbox += data
+            for message in take_messages(slot.inbox):
+                self._handle(slot, message)
+            if not data:
+                return False
+            if ready:
+                return True
+
+    def _drain_messages(self, slot: Slot) -> bool:
+        """``_drain`` through ``Connection.recv`` (pipes that are not plain file
+        descriptors, as on Windows)."""
         while True:
             try:
                 if not slot.conn.poll():
@@ -404,32 +468,35 @@ class Supervisor:
                 message = slot.conn.recv()
             except (EOFError, OSError):
                 return False
-            kind = message[0]
-            if kind == "ready":
-                slot.ready = True
-            elif kind == "progress":
-                _, job_id, attempt, percent, text = message
-                if slot.job is not None and slot.attempt == (job_id, attempt):
-                    self._exchanger.progress(job_id, attempt, percent, text)
-            elif kind == "done":
-                _, job_id, attempt, outcome, result, error, started, duration, label = message
-                if slot.job is None or slot.attempt != (job_id, attempt):
-                    continue  # an attempt we already gave up on (timeout or cancel)
-                if self._failpoint == "before_completion_write":
-                    os._exit(70)
-                seconds = duration / 1000.0
-                self._recent_duration = seconds if self._recent_duration is None else (
-                    0.8 * self._recent_duration + 0.2 * seconds)
-                self._exchanger.submit(Outcome(
-                    job_id=job_id, attempt=attempt, kind=OutcomeKind(outcome),
-                    worker_id=label, started_at=started, duration_ms=duration, result=result,
-                    error_type=error["type"] if error else None,
-                    error_message=error["message"] if error else None,
-                    error_traceback=error.get("traceback") if error else None,
-                ))
-                self._release(slot)
-                if slot.queued:
-                    self._start(slot, slot.queued.popleft())
+            self._handle(slot, message)
+
+    def _handle(self, slot: Slot, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            slot.ready = True
+        elif kind == "progress":
+            _, job_id, attempt, percent, text = message
+            if slot.job is not None and slot.attempt == (job_id, attempt):
+                self._exchanger.progress(job_id, attempt, percent, text)
+        elif kind == "done":
+            _, job_id, attempt, outcome, result, error, started, duration, label = message
+            if slot.job is None or slot.attempt != (job_id, attempt):
+                return  # an attempt we already gave up on (timeout or cancel)
+            if self._failpoint == "before_completion_write":
+                os._exit(70)
+            seconds = duration / 1000.0
+            self._recent_duration = seconds if self._recent_duration is None else (
+                0.8 * self._recent_duration + 0.2 * seconds)
+            self._exchanger.submit(Outcome(
+                job_id=job_id, attempt=attempt, kind=OutcomeKind(outcome),
+                worker_id=label, started_at=started, duration_ms=duration, result=result,
+                error_type=error["type"] if error else None,
+                error_message=error["message"] if error else None,
+                error_traceback=error.get("traceback") if error else None,
+            ))
+            self._release(slot)
+            if slot.queued:
+                self._start(slot, slot.queued.popleft())
 
     def _finish(self, slot: Slot, kind: OutcomeKind, result: Any,
                 error: dict[str, Any] | None) -> None:
