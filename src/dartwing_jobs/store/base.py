@@ -836,7 +836,7 @@ class Store(ABC):
         levels = [int(p) for p in Priority]
         key = ("priorities", tuple(job_type_filter or ()), tuple(sorted(paused_types)))
         stmt = self._statements.get(key)
-        if stmt is None:  # built once per shape: building it cost more than running it
+        if stmt is None:  # once per shape: building it took longer than the server ran it
             filters = self._claim_filters(job_type_filter, paused_types)
 
             def first_due(level: int) -> Any:

@@ -74,7 +74,7 @@ class Controls:
 
 #: Both control tables in one statement (every claim reads them): limit rows,
 #: then paused job types as rows with no organization. Built once: it has no
-#: parameters, and building it cost a claim more than running it.
+#: parameters, and building it took about as long as the server took to run it.
 _CONTROLS = union_all(
     select(organization_limits.c.organization, organization_limits.c.job_type,
            organization_limits.c.max_running, organization_limits.c.paused).where(

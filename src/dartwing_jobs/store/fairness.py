@@ -86,7 +86,7 @@ class FairChoice:
         walk = self.store.walk_organizations(
             self.conn, priority, cursor, None, steps, self.job_type_filter,
             self.controls.paused_types)
-        walked, self.walk_heads = walk.steps, dict(walk.heads)
+        walked, self.walk_heads = walk.steps, walk.heads
         if len(walked) < steps and cursor:  # reached the end: wrap around
             walk = self.store.walk_organizations(
                 self.conn, priority, "", cursor, steps - len(walked), self.job_type_filter,

@@ -2,12 +2,12 @@
 
 A claim and a group commit of successes are each one statement and one round
 trip: the row updates, their status events and (for successes) the execution-log
-rows are written by data-modifying CTEs, and a batch's values travel as one array
-parameter or, for the larger batches, as one JSON text read by
-``json_to_recordset`` (the client's JSON encoder is C; psycopg's array dumper
-quotes element by element in Python, which cost the supervisor more than the
-rest of the statement). The text never changes with the batch size, so the server plans it
-once per connection and the client never recompiles it.
+rows are written by data-modifying CTEs, and a batch's values travel as one JSON
+text read by ``json_to_recordset`` (the client's JSON encoder is C, where
+psycopg's array dumper quotes element by element in Python); the few small lists
+(job types, notified ids) stay arrays. The text never changes with the batch
+size, so the server plans it once per connection and the client never
+recompiles it.
 
 Fences are the same as on the generic path: a claim updates only rows it locked
 (``FOR UPDATE SKIP LOCKED``) and fences them by the attempt number it read, a
@@ -193,9 +193,9 @@ SELECT done.id, (SELECT pg_notify(:channel, '')) AS notified FROM done
 """)
 
 #: Which of the attempts in ``:held`` (a JSON array of ``{"id", "attempts"}``)
-#: were asked to stop (the
-#: supervisor's heartbeat asks this several times a second for every job it holds,
-#: hundreds when short jobs are prefetched: one text whatever their number).
+#: were asked to stop. The supervisor's heartbeat asks this several times a
+#: second for every job it holds, hundreds when short jobs are prefetched: one
+#: text whatever their number.
 CANCEL_REQUESTS = text("""
 SELECT j.id, j.attempts
 FROM json_to_recordset(CAST(:held AS json)) AS h(id varchar, attempts integer)

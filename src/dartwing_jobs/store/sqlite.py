@@ -149,7 +149,7 @@ class SQLiteStore(Store):
                         ) -> set[tuple[str, int]]:
         if not held:
             return set()
-        rows = conn.execute(hot.CANCEL_REQUESTS, {"held": json.dumps([list(h) for h in held])})
+        rows = conn.execute(hot.CANCEL_REQUESTS, {"held": json.dumps(list(held))})
         return {(r.id, r.attempts) for r in rows}
 
     def having_dependents(self, conn: Connection, job_ids: Sequence[str]) -> list[str]:
