@@ -331,3 +331,69 @@ def test_sqlite_store_duplicate_lookup_uses_the_hash_index(world: World) -> None
     seed(world.engine)
     text = store_duplicate_lookup_plan(world)
     assert HASH_INDEX in text, text
+
+
+FINISHED_INDEX = "ix_background_jobs_finished"
+
+
+def captured_plans(engine: Engine, work: Any, marker: str) -> list[str]:
+    """The plans of the statements ``work(conn)`` sends that mention ``marker``,
+    run in a transaction that is rolled back."""
+    with engine.store.engine.connect() as conn, captured(engine) as seen:
+        trans = conn.begin()
+        work(conn)
+        trans.rollback()
+    chosen = [(s, p) for s, p in seen if marker in s]
+    assert chosen, [s for s, _ in seen]
+    with engine.store.engine.connect() as conn:
+        return [plan(conn, s, p) for s, p in chosen]
+
+
+@_apply(pg_only)
+def test_pg_finished_job_lookups_use_the_terminal_only_index(world: World) -> None:
+    """Retention and the dependency sweeps find finished jobs by their last change
+    in an index that holds terminal jobs only (migration 0005: a claim adds no
+    entry to it)."""
+    from dartwing_jobs.store import maintenance
+
+    seed(world.engine)
+    with world.engine.store.read() as conn:
+        now = world.engine.store.now(conn)
+    recent = now - 200  # the last 1% of the seeded history
+    groups = [maintenance.RetentionGroup(sql_text("true"), (N_JOBS - 200) / 86_400)]
+    works = {
+        "promote": lambda conn: maintenance.promote_ready_pending(
+            world.engine.store, conn, 100, since=recent),
+        "doomed": lambda conn: maintenance.doomed_pending_jobs(conn, since=recent),
+        "retention": lambda conn: maintenance.count_expired_jobs(conn, groups, now),
+    }
+    plans = {name: captured_plans(world.engine, work, "modified_at")
+             for name, work in works.items()}
+    for name, texts in plans.items():
+        for text in texts:
+            assert "Seq Scan on background_jobs" not in text, (name, text)
+    # Retention starts from the old finished jobs (the sweeps start from the few
+    # dependency rows while there are few).
+    assert all(FINISHED_INDEX in text for text in plans["retention"]), plans["retention"]
+    with world.engine.store.engine.connect() as conn:
+        predicate = conn.execute(sql_text(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index"
+            " WHERE indexrelid = CAST(:name AS regclass)"), {"name": FINISHED_INDEX}).scalar()
+    assert predicate is not None and "running" not in predicate, predicate
+
+
+@_apply(pg_only)
+def test_pg_jobs_by_status_of_an_organization_reads_an_index_only(world: World) -> None:
+    """The per-organization jobs-by-status metric: an index-only scan of the
+    (organization, status, created_at) index, whose prefix serves it (migration
+    0005 dropped the (organization, status) index)."""
+    from dartwing_jobs.store import metrics
+
+    orgs = [f"tenant-{i:02d}" for i in range(50)]
+    seed(world.engine, orgs)
+    with world.engine.store.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("VACUUM background_jobs")  # static text: all-visible pages
+    (text,) = captured_plans(
+        world.engine, lambda conn: metrics.jobs_by_status(conn, orgs[7]), "background_jobs")
+    assert "Index Only Scan using ix_background_jobs_org_status_created" in text, text

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from ..domain.statuses import ACTIVE, CLAIMABLE
+from ..domain.statuses import ACTIVE, CLAIMABLE, TERMINAL
 
 metadata = MetaData(
     naming_convention={
@@ -52,6 +52,7 @@ def _status_in(statuses: frozenset[object]) -> str:
 
 ACTIVE_PREDICATE = text(_status_in(frozenset(ACTIVE)))
 CLAIMABLE_PREDICATE = text(_status_in(frozenset(CLAIMABLE)))
+TERMINAL_PREDICATE = text(_status_in(frozenset(TERMINAL)))
 # The duplicate rule: one non-terminal job per hash among deduplicated types. Also
 # the conflict target of the insert, which must repeat the index's predicate.
 ACTIVE_HASH_PREDICATE = text(f"deduplicate AND {_status_in(frozenset(ACTIVE))}")
@@ -190,13 +191,21 @@ jobs = Table(
         postgresql_where=text("status = 'running'"),
         sqlite_where=text("status = 'running'"),
     ),
-    Index("ix_background_jobs_status_modified", "status", "modified_at"),
+    # Finished jobs by when they last changed: retention and the dependency
+    # sweeps look up only terminal jobs by this time. Every index on this table
+    # costs each claim and each completion an entry (both change the status, so
+    # neither update is HOT): on PostgreSQL it holds only terminal rows, so a
+    # claim adds nothing to it (migration 0005). SQLite cannot prove that
+    # `status = 'completed'` implies a partial index's `status IN (...)`, so
+    # there it holds every job.
+    Index("ix_background_jobs_finished", "modified_at",
+          postgresql_where=TERMINAL_PREDICATE),
+    # Lists by organization and status, and the per-organization jobs-by-status
+    # metric (an index-only scan of its (organization, status) prefix).
     Index("ix_background_jobs_org_status_created", "organization", "status", "created_at"),
     Index("ix_background_jobs_org_created", "organization", "created_at", "id"),
-    # Per-organization metrics (migration 0003): jobs by status reads only this
-    # small deduplicated index; queue depth reads only the organization's claimable
-    # rows, by priority, bounded by due time. Both are index-only scans.
-    Index("ix_background_jobs_org_status", "organization", "status"),
+    # Per-organization queue depth (migration 0003) reads only the organization's
+    # claimable rows, by priority, bounded by due time: an index-only scan.
     Index(
         "ix_background_jobs_org_claimable",
         "organization",
