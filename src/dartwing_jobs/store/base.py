@@ -114,6 +114,11 @@ class Store(ABC):
     #: The fair claim's organization walk also locks and returns each
     #: organization's first due job (backends with ``SKIP LOCKED``).
     walk_locks_heads: bool = False
+    #: Writers do not serialise on the database (row locks, not one file lock):
+    #: a worker writes outcomes and claims jobs on two connections at once. Where
+    #: every write transaction takes the one lock (and its own fsync), one
+    #: transaction for both is cheaper.
+    concurrent_writers: bool = False
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url

@@ -61,6 +61,7 @@ class PostgresStore(Store):
     backend = "postgresql"
     notifies_workers = True
     walk_locks_heads = True
+    concurrent_writers = True
 
     def _create_engine(self, url: str, **options: Any) -> Engine:
         engine = create_engine(

@@ -1,6 +1,12 @@
-"""The supervisor's database side: one thread that group-commits finished attempts
-and claims the next jobs in the same transaction, while the supervisor's loop keeps
-handing buffered jobs to children. Nobody waits for a commit to start the next job.
+"""The supervisor's database side: group commits of finished attempts and claims
+of the next jobs, while the supervisor's loop keeps handing buffered jobs to
+children. Nobody waits for a commit to start the next job.
+
+Where writers serialise on the database (SQLite's one write lock, one fsync per
+transaction), one thread does both in the same transaction. Where they do not
+(PostgreSQL), a writer thread group-commits outcomes and progress on its own
+connection while the claim thread claims on another: the two statements that
+cost the most per job run side by side instead of one after the other.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ GROUP_SIZE = 500
 #: Job ids named by submit notifications, kept for a claim by id. More than this
 #: between two claims means the worker is not idle: it claims fairly instead.
 HINTS_CAP = 64
+#: Seconds before the writer thread tries a failed group commit again.
+WRITE_RETRY = 0.2
 
 
 def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False,
@@ -74,6 +82,10 @@ class Exchanger:
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._kick = threading.Event()
+        #: Outcomes and progress wake the writer thread (the claim thread when
+        #: there is no writer thread).
+        self._split = store.concurrent_writers
+        self._write_kick = threading.Event() if self._split else self._kick
         self._stop = threading.Event()
         self._claiming = True
         self._notified = False
@@ -84,10 +96,13 @@ class Exchanger:
         # When the database must next be asked for due jobs unprompted (the poll:
         # jobs the clock made due announce themselves to nobody).
         self._next_look = 0.0
+        #: The last claim took all it asked for (more is likely waiting).
+        self._last_full = False
         # Jobs this worker claimed lately: a notification that arrives after a
         # claim already took its job is no news.
         self._claimed_lately: dict[str, None] = {}
         self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self.written = 0
         # Progress: the latest value per job, written at most every
         # PROGRESS_INTERVAL per job (the first one at once), always the last one.
@@ -99,13 +114,18 @@ class Exchanger:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="exchanger", daemon=True)
         self._thread.start()
+        if self._split:
+            self._writer = threading.Thread(target=self._run_writer, name="outcome-writer",
+                                            daemon=True)
+            self._writer.start()
 
     def submit(self, outcome: Outcome) -> None:
         with self._lock:
             if not self._outcomes:
                 self._first_pending = time.monotonic()
             self._outcomes.append(outcome)
-        self._kick.set()
+        self._write_kick.set()
+        self._kick.set()  # a slot freed: maybe claim
 
     def _hold_back(self, now: float) -> float | None:
         """When to write the waiting outcomes if not now (None: now). They wait
@@ -124,7 +144,7 @@ class Exchanger:
             self._progress[job_id] = (attempt, percent, message)
             due = time.monotonic() - self._progress_written.get(job_id, 0.0) >= PROGRESS_INTERVAL
         if due:
-            self._kick.set()
+            self._write_kick.set()
 
     def _due_progress(self, now: float) -> tuple[list[tuple[str, int, float, str | None]], float]:
         """Progress values due for writing, and when the next one falls due."""
@@ -184,8 +204,10 @@ class Exchanger:
         """Stop the thread, then write what is left (a few tries on errors)."""
         self._stop.set()
         self._kick.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        self._write_kick.set()
+        for thread in (self._thread, self._writer):
+            if thread is not None:
+                thread.join(30)
         for i in range(flush_attempts):
             if self._exchange(claim=False) is not None or not self.pending():
                 return
@@ -202,33 +224,64 @@ class Exchanger:
             self._kick.clear()
             if self._stop.is_set():
                 return
-            progress, next_progress = self._due_progress(time.monotonic())
-            hold = None if progress else self._hold_back(time.monotonic())
-            if hold is not None:
-                next_poll = hold
-                continue
+            progress: list[tuple[str, int, float, str | None]] = []
+            pending = 0
+            if not self._split:
+                progress, next_progress = self._due_progress(time.monotonic())
+                hold = None if progress else self._hold_back(time.monotonic())
+                if hold is not None:
+                    next_poll = hold
+                    continue
+                pending = self.pending()
             want = self._want() if self._claiming else 0
-            if not self.pending() and not progress:
+            if not pending and not progress:
                 if not want:
                     next_poll = time.monotonic() + self.poll_interval
                     continue
                 if not kicked and time.monotonic() < next_poll:
                     continue
-            rows = self._exchange(claim=True, want=want, progress=progress)
+            rows = self._exchange(claim=True, want=want, progress=progress,
+                                  write=not self._split)
             # A full claim suggests more is waiting: ask again without sleeping.
             full = rows is not None and bool(want) and len(rows) == want
+            self._last_full = full
             next_poll = time.monotonic() if full else self._next_look
+
+    def _run_writer(self) -> None:
+        """The writer thread (``concurrent_writers``): outcomes in group commits and
+        progress, on a connection of its own."""
+        wake_at = float("inf")
+        while not self._stop.is_set():
+            timeout = None if wake_at == float("inf") else max(0.0, wake_at - time.monotonic())
+            self._write_kick.wait(timeout)
+            self._write_kick.clear()
+            if self._stop.is_set():
+                return  # stop() writes what is left
+            progress, next_progress = self._due_progress(time.monotonic())
+            hold = None if progress else self._hold_back(time.monotonic())
+            if hold is not None:
+                wake_at = min(hold, next_progress)
+                continue
+            wake_at = next_progress
+            if (self.pending() or progress) and self._exchange(
+                    claim=False, progress=progress) is None:
+                wake_at = min(wake_at, time.monotonic() + WRITE_RETRY)
 
     def _exchange(
         self, claim: bool, want: int = 0,
         progress: list[tuple[str, int, float, str | None]] | None = None,
+        write: bool = True,
     ) -> list[RowMapping] | None:
-        """One transaction: progress, then the finished attempts, then the claim."""
+        """One transaction: progress, then the finished attempts (unless not
+        ``write``), then the claim."""
         with self._lock:
-            batch = list(self._outcomes)
-            hints = [h for h in self._hints if h not in self._claimed_lately]
-            self._hints.clear()
-            notified, self._notified = self._notified, False
+            batch = list(self._outcomes) if write else []
+            hints: list[str] = []
+            notified = False
+            if claim:
+                hints = [h for h in self._hints if h not in self._claimed_lately]
+                self._hints.clear()
+                notified, self._notified = self._notified, False
         fast: list[RowMapping] = []
         if claim and want and hints:
             if self._drained and not notified and len(hints) == 1:
@@ -246,7 +299,8 @@ class Exchanger:
             want = 0
         if claim and want:
             self._next_look = now + self.poll_interval
-        if claim and want and not batch and not notified and not self._due_now():
+        if (claim and want and not batch and not notified
+                and not (self._split and self._last_full) and not self._due_now()):
             self._drained = True
             want = 0
         if not batch and not progress and not (claim and want):
@@ -270,11 +324,12 @@ class Exchanger:
             # an organization at its limit): drained only if nothing is due now.
             self._drained = (len(rows) < want and self.store.notifies_workers
                              and self._due_now() is False)
-        with self._lock:
-            del self._outcomes[: len(batch)]
-            if not self._outcomes:
-                self._first_pending = None
-        self.written += len(batch)
+        if batch:
+            with self._lock:
+                del self._outcomes[: len(batch)]
+                if not self._outcomes:
+                    self._first_pending = None
+                self.written += len(batch)
         if rows:
             self._remember_claimed(rows)
             self._on_claimed(rows)

@@ -1,0 +1,114 @@
+"""The exchanger's threads, run for real. Where writers do not serialise on the
+database (PostgreSQL), outcomes are group-committed on a writer thread of their
+own while the claim thread claims: a slow claim never holds back an outcome. On
+SQLite one thread does both in one transaction (one write lock, one fsync)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dartwing_jobs.domain.outcomes import Outcome, OutcomeKind
+from dartwing_jobs.worker.exchanger import Exchanger
+from tests.conftest import World
+
+
+def completed(job_id: str, attempt: int) -> Outcome:
+    return Outcome(job_id=job_id, attempt=attempt, kind=OutcomeKind.COMPLETED,
+                   worker_id="w1", started_at=time.time(), duration_ms=1.0, result={"ok": 1})
+
+
+def claim_one(world: World) -> Any:
+    with world.engine.store.transaction() as conn:
+        (row,) = world.engine.store.claim_jobs(conn, "w1", 1, 30.0)
+    return row
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def running(world: World, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[tuple[Exchanger, threading.Event, threading.Event, list[str]]]:
+    """An exchanger whose threads run, with a claim that blocks until released
+    (``entered`` is set once a claim is inside the database transaction)."""
+    store = world.engine.store
+    world.submit(parameters={"n": 1})
+    first = claim_one(world)  # running, to be reported while a claim hangs
+    waiting = world.submit(parameters={"n": 2})  # due: the claim thread will ask
+    entered, release = threading.Event(), threading.Event()
+    real = store.claim_jobs
+
+    def slow_claim(*args: Any, **kw: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, "claim_jobs", slow_claim)
+    claimed: list[str] = []
+    want = {"n": 0}
+    ex = Exchanger(store, "w1", 30.0, None, 0.05, lambda: want["n"],
+                   lambda rows: claimed.extend(r["id"] for r in rows))
+    ex.start()
+    want["n"] = 1
+    ex.kick(work_available=True)
+    try:
+        assert entered.wait(10), "the claim thread never claimed"
+        ex.submit(completed(first["id"], int(first["attempts"])))
+        yield ex, entered, release, [first["id"], waiting.id]
+    finally:
+        release.set()
+        ex.stop()
+
+
+def test_postgresql_writes_outcomes_while_a_claim_is_in_flight(
+        world: World,
+        running: tuple[Exchanger, threading.Event, threading.Event, list[str]]) -> None:
+    if not world.engine.store.concurrent_writers:
+        pytest.skip("one write transaction at a time is SQLite's (see the test below)")
+    ex, _, release, (first, waiting) = running
+    assert wait_for(lambda: world.engine.get_job(first).status == "completed")
+    assert ex.pending() == 0 and ex.written == 1
+    release.set()  # the claim goes on and takes the waiting job
+    assert wait_for(lambda: world.engine.get_job(waiting).status == "running")
+
+
+def test_sqlite_writes_outcomes_with_the_next_claim(
+        world: World,
+        running: tuple[Exchanger, threading.Event, threading.Event, list[str]]) -> None:
+    if world.engine.store.concurrent_writers:
+        pytest.skip("SQLite's single write transaction")
+    ex, _, release, (first, waiting) = running
+    time.sleep(0.3)
+    assert world.engine.get_job(first).status == "running"  # behind the claim
+    assert ex.pending() == 1
+    release.set()
+    assert wait_for(lambda: world.engine.get_job(first).status == "completed")
+    assert wait_for(lambda: world.engine.get_job(waiting).status == "running")
+
+
+def test_stop_writes_what_the_writer_had_not_yet_written(world: World) -> None:
+    """Outcomes that arrive as the worker stops are written by ``stop`` (on both
+    backends, whichever thread would have written them)."""
+    store = world.engine.store
+    ex = Exchanger(store, "w1", 30.0, None, 0.05, lambda: 0, lambda rows: None)
+    rows = []
+    for i in range(3):
+        world.submit(parameters={"i": i})
+        rows.append(claim_one(world))
+    ex.start()
+    for row in rows:
+        ex.submit(completed(row["id"], int(row["attempts"])))
+    ex.stop()
+    assert ex.pending() == 0
+    assert {world.engine.get_job(r["id"]).status for r in rows} == {"completed"}
