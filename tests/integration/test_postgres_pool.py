@@ -1,6 +1,8 @@
 """PostgreSQL's pool pings a connection at checkout: one whose server session
 ended (an administrator's ``pg_terminate_backend``, a restart) is replaced
-before use, however recently it was used."""
+before use, however recently it was used. The worker's long-lived threads keep
+their connections instead (``Store.units``): no ping per unit of work, and a
+session that ended costs one failed unit."""
 
 from __future__ import annotations
 
@@ -39,3 +41,48 @@ def test_a_session_that_has_exited_is_replaced_before_use(pg_world: World) -> No
     job = pg_world.submit()
     assert pg_world.engine.get_job(job.id).status == "queued"
     assert backend_pid(pg_world) != pid
+
+
+def test_a_threads_units_keep_their_connections(pg_world: World) -> None:
+    """The worker's threads take a connection from the pool once (no ping per
+    unit of work), for transactions and for single statements alike."""
+    from sqlalchemy import event
+
+    store = pg_world.engine.store
+    checkouts: list[int] = []
+    event.listen(store.engine, "checkout", lambda *args: checkouts.append(1))
+    units = store.units()
+    try:
+        pids = set()
+        for _ in range(5):
+            with units.transaction() as conn:
+                pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            with units.single_statement() as conn:
+                conn.execute(text("SELECT 1"))
+        assert len(pids) == 1
+        assert len(checkouts) == 2  # one kept for transactions, one for statements
+    finally:
+        units.close()
+
+
+def test_a_kept_connection_the_server_ended_fails_one_unit_then_is_replaced(
+        pg_world: World) -> None:
+    """Kept connections are not pinged: the unit that finds the session gone
+    fails (its caller retries it, as after any database error) and the next one
+    runs on a new connection."""
+    from sqlalchemy.exc import DBAPIError
+
+    from dartwing_jobs.worker.exchanger import in_transaction
+
+    units = pg_world.engine.store.units()
+    try:
+        with units.transaction() as conn:
+            pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        with pytest.raises(DBAPIError), units.transaction() as conn:
+            conn.execute(text("SELECT 1"))
+        assert in_transaction(units, lambda c: c.execute(
+            text("SELECT pg_backend_pid()")).scalar_one()) not in (None, pid)
+    finally:
+        units.close()

@@ -12,7 +12,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -102,6 +102,28 @@ class Walk(NamedTuple):
     heads: dict[str, RowMapping]
 
 
+class Units:
+    """Where a long-lived thread (the worker's claim and writer threads, its
+    notification listener) opens its units of work. Here: from the store's pool
+    each time. Backends whose pool checkout costs a round trip keep connections
+    instead (``Store.units``). Used by one thread; ``close`` when it ends."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        return self.store.transaction()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        return self.store.read()
+
+    def single_statement(self) -> AbstractContextManager[Connection]:
+        return self.store.single_statement()
+
+    def close(self) -> None:
+        """Give back what is kept (nothing here)."""
+
+
 class Store(ABC):
     """Shared Core queries. Subclasses provide ``_create_engine`` and backend-only
     behaviour; nothing here depends on the dialect except through SQLAlchemy."""
@@ -160,6 +182,10 @@ class Store(ABC):
         commit on its own."""
         with self.transaction() as conn:
             yield conn
+
+    def units(self) -> Units:
+        """Units of work for one long-lived thread (see ``Units``)."""
+        return Units(self)
 
     def dispose(self) -> None:
         self.engine.dispose()

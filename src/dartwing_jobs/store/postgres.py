@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import (
@@ -27,12 +27,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ClauseElement
 
 from ..domain.outcomes import Outcome
 from ..domain.statuses import Status
 from . import postgres_hot as hot
-from .base import Store
+from .base import Store, Units
 from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, job_events, jobs
 
@@ -55,6 +56,69 @@ def sqlalchemy_url(url: str) -> str:
 
 def psycopg_url(url: str) -> str:
     return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://"):]
+
+
+class HeldUnits(Units):
+    """A thread's own connections, kept between its units of work: one for
+    transactions and reads, one in autocommit for single statements. The pool
+    pings every connection it hands out (a round trip), which the worker would
+    pay at every claim, group commit and idle fast claim: in the idle fast path,
+    between a submit's notification and the claim, it was a fifth of the time. A
+    connection that fails is dropped; the next unit takes a new one from the
+    pool (pinged there). Nothing is lost by keeping one: every worker write is
+    fenced, and a unit that fails is retried by its caller."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._kept: dict[bool, Connection] = {}
+
+    def _connection(self, autocommit: bool) -> Connection:
+        conn = self._kept.get(autocommit)
+        if conn is None:
+            conn = self.store.engine.connect()
+            if autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._kept[autocommit] = conn
+        return conn
+
+    def _drop(self, autocommit: bool) -> None:
+        conn = self._kept.pop(autocommit, None)
+        if conn is not None:
+            with suppress(Exception):
+                conn.invalidate()
+            with suppress(Exception):
+                conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        conn = self._connection(False)
+        try:
+            with conn.begin():
+                yield conn
+        except DBAPIError:
+            self._drop(False)
+            raise
+
+    read = transaction  # read-only work needs nothing else on PostgreSQL
+
+    @contextmanager
+    def single_statement(self) -> Iterator[Connection]:
+        conn = self._connection(True)
+        try:
+            yield conn
+            conn.commit()  # ends SQLAlchemy's own transaction; the server's is done
+        except DBAPIError:
+            self._drop(True)
+            raise
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def close(self) -> None:
+        for autocommit in list(self._kept):
+            conn = self._kept.pop(autocommit)
+            with suppress(Exception):
+                conn.close()
 
 
 class PostgresStore(Store):
@@ -80,6 +144,9 @@ class PostgresStore(Store):
     def single_statement(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    def units(self) -> Units:
+        return HeldUnits(self)
 
     def _insert_ignoring_duplicate(self, row: dict[str, Any] | list[dict[str, Any]]) -> Any:
         return pg_insert(jobs).values(row).on_conflict_do_nothing(

@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 
 from ..domain.outcomes import Outcome
-from ..store.base import Store
+from ..store.base import Store, Units
 
 log = logging.getLogger("dartwing_jobs.worker")
 
@@ -38,11 +39,11 @@ HINTS_CAP = 64
 WRITE_RETRY = 0.2
 
 
-def in_transaction(store: Store, work: Callable[[Any], Any], read: bool = False,
+def in_transaction(store: Store | Units, work: Callable[[Any], Any], read: bool = False,
                    single: bool = False) -> Any:
     """Run ``work(conn)`` in one transaction (``single``: one statement, atomic by
-    itself); None when the database failed (logged: the caller goes on and tries
-    again later)."""
+    itself) of the store's pool or of a thread's ``Units``; None when the database
+    failed (logged: the caller goes on and tries again later)."""
     try:
         unit = store.read() if read else store.single_statement() if single else (
             store.transaction())
@@ -103,6 +104,8 @@ class Exchanger:
         self._claimed_lately: dict[str, None] = {}
         self._thread: threading.Thread | None = None
         self._writer: threading.Thread | None = None
+        #: The connections of the threads that keep theirs (``held_connections``).
+        self._local = threading.local()
         self.written = 0
         # Progress: the latest value per job, written at most every
         # PROGRESS_INTERVAL per job (the first one at once), always the last one.
@@ -193,6 +196,23 @@ class Exchanger:
         if not self._claim_hinted([job_id]):
             self.kick(work_available=True)  # left for the fair claim (or taken)
 
+    @contextmanager
+    def held_connections(self) -> Iterator[None]:
+        """While this lasts, the calling thread's units of work reuse connections
+        of its own (``Store.units``) instead of the pool's: the exchanger's threads
+        and the notification listener, whose units follow each other all day."""
+        units = self.store.units()
+        self._local.units = units
+        try:
+            yield
+        finally:
+            self._local.units = None
+            units.close()
+
+    def _source(self) -> Store | Units:
+        units: Units | None = getattr(self._local, "units", None)
+        return units if units is not None else self.store
+
     def stop_claiming(self) -> None:
         self._claiming = False
 
@@ -216,6 +236,10 @@ class Exchanger:
     # -- the thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        with self.held_connections():
+            self._claim_loop()
+
+    def _claim_loop(self) -> None:
         next_poll = 0.0
         next_progress = float("inf")
         while not self._stop.is_set():
@@ -250,6 +274,10 @@ class Exchanger:
     def _run_writer(self) -> None:
         """The writer thread (``concurrent_writers``): outcomes in group commits and
         progress, on a connection of its own."""
+        with self.held_connections():
+            self._write_loop()
+
+    def _write_loop(self) -> None:
         wake_at = float("inf")
         while not self._stop.is_set():
             timeout = None if wake_at == float("inf") else max(0.0, wake_at - time.monotonic())
@@ -315,7 +343,7 @@ class Exchanger:
                 return []
             return self.store.claim_jobs(conn, self.worker_id, want, self.lease, self.job_types)
 
-        rows: list[RowMapping] | None = in_transaction(self.store, work)
+        rows: list[RowMapping] | None = in_transaction(self._source(), work)
         if rows is None:
             self._drained = False
             return None
@@ -338,7 +366,8 @@ class Exchanger:
     def _due_now(self) -> bool | None:
         """Whether any job is due for this worker; None when the database failed."""
         due: bool | None = in_transaction(
-            self.store, lambda conn: self.store.has_due_jobs(conn, self.job_types), read=True)
+            self._source(), lambda conn: self.store.has_due_jobs(conn, self.job_types),
+            read=True)
         return due
 
     def _remember_claimed(self, rows: list[RowMapping]) -> None:
@@ -351,7 +380,7 @@ class Exchanger:
         """The idle fast path: claim the jobs the notifications named, by id, in one
         statement and no transaction round trips, and hand them over at once."""
         rows: list[RowMapping] | None = in_transaction(
-            self.store, lambda conn: self.store.claim_notified(
+            self._source(), lambda conn: self.store.claim_notified(
                 conn, self.worker_id, job_ids, self.lease, self.job_types), single=True)
         if not rows:
             return []
