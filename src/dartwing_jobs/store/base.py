@@ -187,6 +187,12 @@ class Store(ABC):
         """Units of work for one long-lived thread (see ``Units``)."""
         return Units(self)
 
+    def reclaim_space(self) -> bool:
+        """After the retention cleanup deleted rows: make their space reusable now
+        and refresh the planner's statistics. True when the backend did anything.
+        Nothing to do here (SQLite reuses freed pages by itself)."""
+        return False
+
     def dispose(self) -> None:
         self.engine.dispose()
 
