@@ -113,6 +113,14 @@ def sizes(url: str) -> dict[str, int]:
     return {"table_bytes": int(row[0]), "indexes_bytes": int(row[1]), "rows": int(row[2])}
 
 
+def autovacuum(url: str) -> str:
+    """The server's autovacuum setting: with it off, only the retention cleanup's
+    own VACUUM reclaims the space of dead row versions."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW autovacuum").fetchone()
+    return str(row[0]) if row else "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -130,6 +138,7 @@ def main() -> int:
                         rate_limit_user_per_minute=0)
         engine.migrate()
         engine.create_organization("bench")
+        server_autovacuum = autovacuum(url)
         for name, config in TYPES.items():
             engine.job_types.register(name, handler=f"bench.soak_handlers:{name}",
                                       deduplicate=False, retry_backoff=0.2,
@@ -263,7 +272,8 @@ def main() -> int:
         "meta": {"started_utc": started.isoformat(), "minutes": args.minutes,
                  "rate_per_s": args.rate, "kill_every_s": args.kill_every,
                  "retention_minutes": args.retention_minutes, "kills": kills,
-                 "load_average_end": list(os.getloadavg())},
+                 "load_average_end": list(os.getloadavg()),
+                 "server_autovacuum": server_autovacuum},
         "submitted": len(submitted), "jobs_lost": len(lost), "lost_sample": lost[:10],
         "not_drained": len(not_drained), "not_drained_sample": not_drained[:10],
         "jobs_run_twice_at_once": len(overlaps),
@@ -285,6 +295,7 @@ def main() -> int:
         f"{t['t_s']}s {t['table_bytes'] + t['indexes_bytes']} {t['rows']}" for t in timeline)
         + f"; after drain and cleanup {total(size_end)} {size_end['rows']}; last/middle "
         f"{size_growth:.2f}")
+    print(f"server autovacuum: {server_autovacuum}")
     print("checks: " + ", ".join(f"{k}={'ok' if v else 'FAILED'}" for k, v in checks.items()))
     print(f"raw figures in {path}")
     return 0 if all(checks.values()) else 1
