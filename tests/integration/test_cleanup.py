@@ -289,3 +289,33 @@ def test_a_failed_reclaim_keeps_the_deletes(world: World,
     result = RetentionCleaner(engine).cleanup()
     assert result.jobs_deleted == 1 and result.space_reclaimed is False
     assert present(engine, gone)["jobs"] == 0
+
+
+def test_a_server_without_autovacuum_is_named_at_start(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL with autovacuum off (as on the CI machine's server) is named in
+    a warning when a scheduler or worker starts; SQLite has nothing to say."""
+    from sqlalchemy import text
+
+    from dartwing_jobs.store.base import warn_about_configuration
+
+    store = world.engine.store
+    expected = False
+    if store.backend == "postgresql":
+        with store.read() as conn:
+            expected = str(conn.execute(text("SHOW autovacuum")).scalar()) == "off"
+    with caplog.at_level("WARNING", logger="dartwing_jobs.store"):
+        warnings = warn_about_configuration(store)
+    assert any("autovacuum is off" in w for w in warnings) is expected
+    assert ("autovacuum is off" in caplog.text) is expected
+
+
+def test_a_configuration_that_cannot_be_read_warns_of_nothing(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dartwing_jobs.store.base import warn_about_configuration
+
+    def unreachable() -> list[str]:
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(world.engine.store, "configuration_warnings", unreachable)
+    assert warn_about_configuration(world.engine.store) == []

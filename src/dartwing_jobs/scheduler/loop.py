@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..store.base import warn_about_configuration
 from .dependency_promoter import DependencyPromoter
 from .lease_rescuer import LeaseRescuer
 from .periodic import PeriodicScheduler
@@ -79,6 +80,7 @@ class Scheduler:
 
     def run(self) -> None:
         log.info("scheduler starting: %s", ", ".join(s.name for s in self.services))
+        warn_about_configuration(self.engine.store)
         while not self._stop.is_set():
             wait = self.run_due()
             self._stop.wait(wait)

@@ -8,6 +8,7 @@ boundaries, including running inside a caller's own transaction.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -66,6 +67,7 @@ from .schema import (
     users,
 )
 
+LOG = logging.getLogger("dartwing_jobs.store")
 INSERT_CHUNK = 500
 # What a status event and the execution log need of a job row: hot paths return
 # only these instead of every column.
@@ -100,6 +102,19 @@ class Walk(NamedTuple):
     #: (``id, organization, job_type, due_at, attempts``); empty where the backend
     #: has no row locks or the walk was reused.
     heads: dict[str, RowMapping]
+
+
+def warn_about_configuration(store: Store) -> list[str]:
+    """Log what the database's configuration will cost the queue (best effort: a
+    database that cannot be asked now is asked again at the next start)."""
+    try:
+        warnings = store.configuration_warnings()
+    except Exception as exc:
+        LOG.debug("could not read the database's configuration: %s", exc)
+        return []
+    for warning in warnings:
+        LOG.warning("database configuration: %s", warning)
+    return warnings
 
 
 class Units:
@@ -186,6 +201,11 @@ class Store(ABC):
     def units(self) -> Units:
         """Units of work for one long-lived thread (see ``Units``)."""
         return Units(self)
+
+    def configuration_warnings(self) -> list[str]:
+        """Settings of the database that hurt a job queue, in words for the
+        operator (logged when a scheduler or worker starts). None here."""
+        return []
 
     def reclaim_space(self) -> bool:
         """After the retention cleanup deleted rows: make their space reusable now

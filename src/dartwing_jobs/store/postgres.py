@@ -59,6 +59,7 @@ def psycopg_url(url: str) -> str:
     return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://"):]
 
 
+SHOW_AUTOVACUUM = text("SHOW autovacuum")
 #: The tables the retention cleanup deletes from (static text).
 RECLAIM_SPACE = text(
     "VACUUM (ANALYZE) background_jobs, job_events, job_execution_log, job_dependencies")
@@ -153,6 +154,16 @@ class PostgresStore(Store):
 
     def units(self) -> Units:
         return HeldUnits(self)
+
+    def configuration_warnings(self) -> list[str]:
+        with self.read() as conn:
+            autovacuum = conn.execute(SHOW_AUTOVACUUM).scalar()
+        if str(autovacuum).lower() == "off":
+            return ["autovacuum is off: every claim, progress write and completion "
+                    "leaves a dead row version that only a vacuum reclaims; the "
+                    "retention cleanup vacuums what it deletes from, once a day, so "
+                    "the job tables grow in between (turn autovacuum on)"]
+        return []
 
     def reclaim_space(self) -> bool:
         """``VACUUM (ANALYZE)`` of the tables the cleanup deletes from: the dead

@@ -32,6 +32,7 @@ from sqlalchemy.engine import RowMapping
 
 from ..domain.outcomes import Outcome, OutcomeKind
 from ..engine import Engine
+from ..store.base import warn_about_configuration
 from .child import child_main
 from .exchanger import Exchanger, in_transaction
 
@@ -177,6 +178,7 @@ class Supervisor:
 
     def run(self) -> None:
         log.info("worker %s starting %d processes", self.worker_id, self.options.concurrency)
+        warn_about_configuration(self.store)
         self._slots = [self._spawn(i) for i in range(self.options.concurrency)]
         if self.store.backend == "postgresql":
             self._listener = threading.Thread(target=self._listen, name="notify-listener",
