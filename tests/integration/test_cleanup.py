@@ -319,3 +319,17 @@ def test_a_configuration_that_cannot_be_read_warns_of_nothing(
 
     monkeypatch.setattr(world.engine.store, "configuration_warnings", unreachable)
     assert warn_about_configuration(world.engine.store) == []
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_the_autovacuum_warning_follows_the_setting(
+        world: World, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    if world.engine.store.backend != "postgresql":
+        pytest.skip("autovacuum is PostgreSQL's")
+    from sqlalchemy import literal, select
+
+    from dartwing_jobs.store import postgres
+
+    monkeypatch.setattr(postgres, "SHOW_AUTOVACUUM", select(literal(setting)))
+    warnings = world.engine.store.configuration_warnings()
+    assert bool(warnings) is (setting == "off")

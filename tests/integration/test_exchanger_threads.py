@@ -78,7 +78,7 @@ def test_postgresql_writes_outcomes_while_a_claim_is_in_flight(
         pytest.skip("one write transaction at a time is SQLite's (see the test below)")
     ex, _, release, (first, waiting) = running
     assert wait_for(lambda: world.engine.get_job(first).status == "completed")
-    assert ex.pending() == 0 and ex.written == 1
+    assert wait_for(lambda: ex.written == 1) and ex.pending() == 0
     release.set()  # the claim goes on and takes the waiting job
     assert wait_for(lambda: world.engine.get_job(waiting).status == "running")
 
@@ -112,3 +112,23 @@ def test_stop_writes_what_the_writer_had_not_yet_written(world: World) -> None:
     ex.stop()
     assert ex.pending() == 0
     assert {world.engine.get_job(r["id"]).status for r in rows} == {"completed"}
+
+
+def test_a_throttled_progress_value_is_written_without_another_report(
+        world: World) -> None:
+    """A value that arrives inside the throttle interval and is followed by
+    nothing (the handler computes quietly) is still written once it falls due:
+    the writer thread sets a timer for it."""
+    store = world.engine.store
+    world.submit(parameters={"p": 1})
+    row = claim_one(world)
+    ex = Exchanger(store, "w1", 30.0, None, 0.05, lambda: 0, lambda rows: None)
+    ex.start()
+    try:
+        attempt = int(row["attempts"])
+        ex.progress(row["id"], attempt, 10.0, "first")
+        assert wait_for(lambda: world.engine.get_job(row["id"]).progress == 10.0)
+        ex.progress(row["id"], attempt, 20.0, "second")  # inside the interval
+        assert wait_for(lambda: world.engine.get_job(row["id"]).progress == 20.0, 5.0)
+    finally:
+        ex.stop()

@@ -86,3 +86,21 @@ def test_a_kept_connection_the_server_ended_fails_one_unit_then_is_replaced(
             text("SELECT pg_backend_pid()")).scalar_one()) not in (None, pid)
     finally:
         units.close()
+
+
+def test_a_refused_statement_keeps_the_connection(pg_world: World) -> None:
+    """An error the server raises for a statement (here a division by zero)
+    rolls the unit back and leaves the kept connection in use."""
+    from sqlalchemy.exc import DBAPIError
+
+    units = pg_world.engine.store.units()
+    try:
+        for unit in (units.transaction, units.single_statement):
+            with unit() as conn:
+                pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            with pytest.raises(DBAPIError), unit() as conn:
+                conn.execute(text("SELECT 1 / 0"))
+            with unit() as conn:
+                assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
+    finally:
+        units.close()

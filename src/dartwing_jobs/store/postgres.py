@@ -96,14 +96,20 @@ class HeldUnits(Units):
             with suppress(Exception):
                 conn.close()
 
+    def _lost(self, conn: Connection, exc: DBAPIError) -> bool:
+        """Whether the error ended the session (the connection is dropped then); a
+        statement the server refused leaves it usable."""
+        return bool(exc.connection_invalidated or conn.invalidated or conn.closed)
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         conn = self._connection(False)
         try:
             with conn.begin():
                 yield conn
-        except DBAPIError:
-            self._drop(False)
+        except DBAPIError as exc:
+            if self._lost(conn, exc):
+                self._drop(False)
             raise
 
     read = transaction  # read-only work needs nothing else on PostgreSQL
@@ -114,8 +120,12 @@ class HeldUnits(Units):
         try:
             yield conn
             conn.commit()  # ends SQLAlchemy's own transaction; the server's is done
-        except DBAPIError:
-            self._drop(True)
+        except DBAPIError as exc:
+            if self._lost(conn, exc):
+                self._drop(True)
+            else:
+                with suppress(Exception):
+                    conn.rollback()
             raise
         except BaseException:
             conn.rollback()

@@ -146,7 +146,9 @@ class Exchanger:
         with self._lock:
             self._progress[job_id] = (attempt, percent, message)
             due = time.monotonic() - self._progress_written.get(job_id, 0.0) >= PROGRESS_INTERVAL
-        if due:
+        # The writer thread sleeps until told (it has no poll): it must hear of a
+        # value that is not due yet too, to set its timer for it.
+        if due or self._split:
             self._write_kick.set()
 
     def _due_progress(self, now: float) -> tuple[list[tuple[str, int, float, str | None]], float]:
@@ -291,9 +293,15 @@ class Exchanger:
                 wake_at = min(hold, next_progress)
                 continue
             wake_at = next_progress
-            if (self.pending() or progress) and self._exchange(
-                    claim=False, progress=progress) is None:
+            had_outcomes = bool(self.pending())
+            if not had_outcomes and not progress:
+                continue
+            if self._exchange(claim=False, progress=progress) is None:
                 wake_at = min(wake_at, time.monotonic() + WRITE_RETRY)
+            elif had_outcomes:
+                # Committed: a claim that counted an organization's running jobs
+                # before this commit (its limit) may find room now.
+                self._kick.set()
 
     def _exchange(
         self, claim: bool, want: int = 0,
