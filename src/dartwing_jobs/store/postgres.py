@@ -181,8 +181,7 @@ class PostgresStore(Store):
         tables, whether or not autovacuum is on (it can be off: a queue's tables,
         updated several times per job, then grow without bound). VACUUM takes no
         lock that blocks readers or writers."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with self.single_statement() as conn:  # VACUUM runs outside a transaction
             conn.execute(RECLAIM_SPACE)
         return True
 

@@ -735,18 +735,15 @@ class Supervisor:
 
         from ..store.postgres import NOTIFY_CHANNEL, psycopg_url
 
+        url = psycopg_url(self.settings.database_url)
         with self._exchanger.held_connections():  # for the idle fast claims
-            self._listen_until_stopped(psycopg, psycopg_url(self.settings.database_url),
-                                       NOTIFY_CHANNEL)
-
-    def _listen_until_stopped(self, psycopg: Any, url: str, channel: str) -> None:
-        while not self._listener_stop.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {channel}")  # a constant channel name
-                    while not self._listener_stop.is_set():
-                        for note in conn.notifies(timeout=1.0, stop_after=1):
-                            self._exchanger.announced(note.payload or None)
-            except Exception as exc:  # reconnect on any failure, quietly
-                log.debug("notify listener reconnecting: %s", exc)
-                self._listener_stop.wait(1.0)
+            while not self._listener_stop.is_set():
+                try:
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant channel name
+                        while not self._listener_stop.is_set():
+                            for note in conn.notifies(timeout=1.0, stop_after=1):
+                                self._exchanger.announced(note.payload or None)
+                except Exception as exc:  # reconnect on any failure, quietly
+                    log.debug("notify listener reconnecting: %s", exc)
+                    self._listener_stop.wait(1.0)
