@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dartwing_jobs.worker.pipes import send_message
 from dartwing_jobs.worker.supervisor import RAW_CONNECTION, take_messages
 
 MESSAGES: list[Any] = [
@@ -81,3 +82,21 @@ def test_eight_byte_length_header() -> None:
     assert take_messages(inbox) == []
     inbox += frame[10:] + WIRE[:random.randrange(1, 4)]
     assert take_messages(inbox) == [("ready", 7)]
+
+
+def test_send_message_frames_as_connection_send_does() -> None:
+    """Both ends pickle with the C pickler (``send_message``); the frame must stay
+    the one ``Connection.recv`` and ``take_messages`` read."""
+    reader, writer = Pipe()
+    assert isinstance(reader, RAW_CONNECTION)
+    for message in MESSAGES:
+        send_message(writer, message)
+    assert [reader.recv() for _ in MESSAGES] == MESSAGES
+    for message in MESSAGES:
+        send_message(writer, message)
+    writer.close()
+    inbox = bytearray()
+    while chunk := os.read(reader.fileno(), 1 << 20):
+        inbox += chunk
+    assert take_messages(inbox) == MESSAGES
+    assert inbox == bytearray()

@@ -21,6 +21,7 @@ from dartwing_jobs.domain.priorities import PRIORITY_NAMES, Priority, parse_prio
 from dartwing_jobs.domain.retry import retry_delay
 from dartwing_jobs.domain.validation import (
     validate_handler_path,
+    validate_json_result,
     validate_name,
     validate_non_negative_int,
     validate_non_negative_number,
@@ -379,3 +380,45 @@ def test_retry_delay_bounds(attempt: int, backoff: float, extra: float, seed: in
     assert delay <= capped_base
     assert delay >= capped_base / 2
     assert delay >= 0
+
+
+# -- handler results -----------------------------------------------------------
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.text()
+                | st.floats(allow_nan=True, allow_infinity=True))
+RESULTS = st.recursive(
+    JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+def _result_or_error(value: Any) -> Any:
+    try:
+        return ("ok", validate_json_result(value))
+    except ValidationError as exc:
+        return ("error", exc.code)
+
+
+def _round_trip_or_error(value: Any) -> Any:
+    """What the result validation did before its fast path for flat values."""
+    try:
+        result = json.loads(json.dumps(value, allow_nan=False))
+        validate({"r": result}, max_depth=10_000)
+    except (TypeError, ValueError, ValidationError):
+        return ("error", "validation_error")
+    return ("ok", result)
+
+
+@settings(max_examples=400, deadline=None)
+@given(RESULTS)
+def test_result_validation_equals_the_json_round_trip(value: Any) -> None:
+    """Flat results skip the JSON round trip: same value, same refusals."""
+    assert _result_or_error(value) == _round_trip_or_error(value)
+
+
+@pytest.mark.parametrize("value", [
+    {"n": (1, 2)}, (1, 2), {1: "int key"}, {"s": "nul\x00"}, {"f": math.inf},
+    "\ud800", {"k": "\ud800"}, OrderedDict(a=1), {"e": Priority.HIGH}, Priority.HIGH,
+    {"o": object()}, float("nan"), {"x": 1.5, "y": None, "z": True, "w": "é"},
+])
+def test_result_validation_of_values_that_are_not_plain(value: Any) -> None:
+    assert _result_or_error(value) == _round_trip_or_error(value)

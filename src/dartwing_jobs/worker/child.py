@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..domain.outcomes import OutcomeKind
 from ..domain.validation import storable_text, validate_json_result
 from ..handlers import resolve_handler
 from .context import JobCanceled, JobContext
+from .pipes import send_message
 
 MAX_TRACEBACK = 20_000
 
@@ -53,10 +55,13 @@ class ChildRunner:
         # those queued behind it (the supervisor sends short jobs ahead).
         self._cancels: dict[str, threading.Event] = {}
         self._store: Any = None
+        #: Handlers resolved by this child (its allowlist is fixed for its life);
+        #: a failed resolution is tried again at the next run.
+        self._handlers: dict[str, Callable[..., Any]] = {}
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
-            self.conn.send(message)
+            send_message(self.conn, message)
 
     def _read(self) -> None:
         """Reads the supervisor's messages while the main thread runs handlers, so
@@ -115,10 +120,13 @@ class ChildRunner:
     def _run(
         self, spec: dict[str, Any], cancel_event: threading.Event
     ) -> tuple[OutcomeKind, Any, dict[str, Any] | None]:
-        try:
-            handler = resolve_handler(spec["handler"], self.prefixes)
-        except DartwingError as exc:
-            return OutcomeKind.PERMANENT, None, _error("invalid_handler", exc.message, None)
+        handler = self._handlers.get(spec["handler"])
+        if handler is None:
+            try:
+                handler = resolve_handler(spec["handler"], self.prefixes)
+            except DartwingError as exc:
+                return OutcomeKind.PERMANENT, None, _error("invalid_handler", exc.message, None)
+            self._handlers[spec["handler"]] = handler
         job_id, attempt = spec["job_id"], spec["attempt"]
         ctx = JobContext(
             job_id=job_id,

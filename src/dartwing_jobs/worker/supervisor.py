@@ -35,6 +35,7 @@ from ..engine import Engine
 from ..store.base import warn_about_configuration
 from .child import child_main
 from .exchanger import Exchanger, in_transaction
+from .pipes import send_message
 
 log = logging.getLogger("dartwing_jobs.worker")
 
@@ -320,7 +321,7 @@ class Supervisor:
                     specs.append(spec)
             if specs:
                 try:
-                    slot.conn.send(("run", *specs))
+                    send_message(slot.conn, ("run", *specs))
                 except (OSError, EOFError):
                     self._child_died(slot)
             if not self._buffer:
@@ -370,7 +371,7 @@ class Supervisor:
             return
         self._start(slot, job)
         try:
-            slot.conn.send(("run", spec))
+            send_message(slot.conn, ("run", spec))
         except (OSError, EOFError):
             self._child_died(slot)
 
@@ -618,7 +619,7 @@ class Supervisor:
             if slot.busy and slot.attempt in cancels and slot.kill_at is None:
                 slot.kill_at = now + grace
                 try:
-                    slot.conn.send(("cancel", slot.attempt[0]))
+                    send_message(slot.conn, ("cancel", slot.attempt[0]))
                 except (OSError, EOFError):
                     self._child_died(slot)
         for key, slot in sent_ahead.items():
@@ -626,7 +627,7 @@ class Supervisor:
             if key in cancels and slot.busy and any(
                     (r["id"], r["attempts"]) == key for r in slot.queued):
                 with contextlib.suppress(OSError, EOFError):
-                    slot.conn.send(("cancel", key[0]))
+                    send_message(slot.conn, ("cancel", key[0]))
 
     def _cancel_buffered(self, cancels: set[tuple[str, int]]) -> None:
         """A job canceled while still in the buffer never starts."""
@@ -692,7 +693,7 @@ class Supervisor:
     def _stop_child(self, slot: Slot, kill: bool = False) -> None:
         if not kill and slot.process.is_alive():
             with contextlib.suppress(OSError, EOFError):
-                slot.conn.send(("stop",))
+                send_message(slot.conn, ("stop",))
             slot.process.join(timeout=2)
         if slot.process.is_alive():
             slot.process.kill()
