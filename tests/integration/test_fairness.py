@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import RowMapping
 
 from dartwing_jobs import Engine
@@ -504,3 +504,41 @@ def test_migrated_schema_matches_the_declared_one(engine: Engine) -> None:
     tables = {"organization_limits", "paused_job_types"}
     mine = [d for d in diff if any(t in repr(d) for t in tables)]
     assert mine == []
+
+
+def test_a_walk_past_the_last_organization_wraps_around(world: World) -> None:
+    """After the last organization in name order the rotation starts again from
+    the first and ends with the organization served last; every organization
+    comes once per claim, with its first due job."""
+    engine = world.engine
+    made = many_organizations(engine, 6, 2)
+    with engine.store.transaction() as conn:
+        rows = engine.store.claim_jobs(conn, "w1", 6, 30.0, after_organization="tenant-03")
+    order = ["tenant-04", "tenant-05", "tenant-00", "tenant-01", "tenant-02", "tenant-03"]
+    assert [r["organization"] for r in rows] == order
+    assert [r["id"] for r in rows] == [made[o][0] for o in order]
+
+
+def test_a_wrapping_walk_is_one_statement_on_postgresql(world: World) -> None:
+    """The walk, its wrap-around and the organizations' first jobs: one statement
+    (a walk that reached the end used to send a second)."""
+    engine = world.engine
+    if not engine.store.walk_locks_heads:
+        pytest.skip("the one-statement walk is PostgreSQL's")
+    many_organizations(engine, 5, 2)
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.store.engine, "before_cursor_execute", record)
+    try:
+        with engine.store.transaction() as conn:
+            rows = engine.store.claim_jobs(conn, "w1", 5, 30.0,
+                                           after_organization="tenant-02")
+    finally:
+        event.remove(engine.store.engine, "before_cursor_execute", record)
+    assert [r["organization"] for r in rows] == [
+        "tenant-03", "tenant-04", "tenant-00", "tenant-01", "tenant-02"]
+    assert sum("RECURSIVE" in s for s in sent) == 1, sent
+    assert not any("unnest" in s for s in sent), sent  # no per-organization fetch

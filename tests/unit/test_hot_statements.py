@@ -16,7 +16,8 @@ from dartwing_jobs.store.clock import db_now
 CASES = [
     (postgresql.dialect(), [postgres_hot.CLAIM_IN_ORDER, postgres_hot.CLAIM_CHOSEN,
                             postgres_hot.CLAIM_NOTIFIED,
-                            postgres_hot.COMPLETE_MANY, postgres_hot.CANCEL_REQUESTS]),
+                            postgres_hot.COMPLETE_MANY, postgres_hot.CANCEL_REQUESTS,
+                            postgres_hot.WALK_AROUND]),
     (sqlite.dialect(), [sqlite_hot.CLAIM_IN_ORDER, sqlite_hot.CLAIM_IN_ORDER_OF_TYPES,
                         sqlite_hot.CLAIM_CHOSEN, sqlite_hot.COMPLETE_MANY,
                         sqlite_hot.STATUS_EVENTS, sqlite_hot.COMPLETED_LOG,

@@ -30,7 +30,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    true,
     tuple_,
     union_all,
     update,
@@ -910,6 +909,48 @@ class Store(ABC):
         found = conn.execute(stmt).one()
         return [level for level, due in zip(levels, found, strict=True) if due]
 
+    def walk_around(
+        self, conn: Connection, priority: int, cursor: str, steps: int,
+        job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+    ) -> Walk:
+        """The organizations with claimable jobs in rotation order: by name after
+        ``cursor``, then from the start around to ``cursor`` itself; at most
+        ``steps`` of them, each with whether it has a due job at ``priority``.
+        Here two bounded skip scans (``walk_organizations``) when the first
+        reaches the end; backends may do it in one statement, and backends with
+        row locks (``walk_locks_heads``) also lock and return each organization's
+        first due job at ``priority`` (``FOR UPDATE SKIP LOCKED``): when a claim
+        wants one job per organization (many organizations, the usual
+        multi-tenant case) those are the jobs it claims, and the separate
+        per-organization fetch is not needed."""
+        walk = self.walk_organizations(conn, priority, cursor, None, steps,
+                                       job_type_filter, paused_types)
+        if len(walk.steps) < steps and cursor:  # reached the end: wrap around
+            more = self.walk_organizations(conn, priority, "", cursor, steps - len(walk.steps),
+                                           job_type_filter, paused_types)
+            walk = Walk(walk.steps + more.steps, {**walk.heads, **more.heads})
+        return walk
+
+    def _reused_walk(self, seen: tuple[Any, ...], steps: int) -> Walk | None:
+        """A walk of the same question asked within WALK_REUSE_SECONDS by this
+        process (the steady state of a busy queue), if it answers this one: an
+        organization that gets its first due job meanwhile waits at most that
+        long for its turn, and one that ran dry is merely probed once more by
+        the next step. A reused walk brings no jobs (their locks belonged to an
+        earlier transaction). Pauses and limits are never cached."""
+        cached = self._walks.get(seen)
+        if cached is not None and cached[0] > time.monotonic():
+            _, taken, before = cached
+            if taken >= steps or len(before) < taken:  # as long, or it reached the end
+                return Walk(before[:steps], {})
+        return None
+
+    def _keep_walk(self, seen: tuple[Any, ...], steps: int,
+                   walked: list[tuple[str, bool]]) -> None:
+        if len(self._walks) > 64:
+            self._walks.clear()
+        self._walks[seen] = (time.monotonic() + WALK_REUSE_SECONDS, steps, list(walked))
+
     def walk_organizations(
         self, conn: Connection, priority: int, after: str, upto: str | None, steps: int,
         job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
@@ -918,29 +959,12 @@ class Store(ABC):
         claimable jobs, in name order, strictly after ``after`` (and not beyond
         ``upto``), at most ``steps`` of them, each with whether it has a due job
         at ``priority``. Every step is one index probe, however many jobs an
-        organization holds.
-
-        On backends with row locks (``walk_locks_heads``) the same statement also
-        locks each organization's first due job at ``priority``
-        (``FOR UPDATE SKIP LOCKED``) and returns it: when a claim wants one job
-        per organization (many organizations, the usual multi-tenant case) those
-        are the jobs it claims, and the separate per-organization fetch is not
-        needed.
-
-        A walk is reused for WALK_REUSE_SECONDS by the claims of this process that
-        ask the same question (the steady state of a busy queue): an organization
-        that gets its first due job meanwhile waits at most that long for its
-        turn, and one that ran dry is merely probed once more by the next step.
-        A reused walk brings no jobs (their locks belonged to an earlier
-        transaction). Pauses and limits are never cached."""
+        organization holds. Reused as ``_reused_walk`` says."""
         shape = (upto is not None, tuple(job_type_filter or ()), tuple(sorted(paused_types)))
         seen = (shape, priority, after, upto)
-        now = time.monotonic()
-        cached = self._walks.get(seen)
-        if cached is not None and cached[0] > now:
-            _, taken, before = cached
-            if taken >= steps or len(before) < taken:  # as long, or it reached the end
-                return Walk(before[:steps], {})
+        reused = self._reused_walk(seen, steps)
+        if reused is not None:
+            return reused
         stmt = self._statements.get(("walk", *shape))
         if stmt is None:
             stmt = self._statements[("walk", *shape)] = self._walk_statement(
@@ -948,16 +972,10 @@ class Store(ABC):
         params: dict[str, Any] = {"after": after, "steps": steps, "priority": priority}
         if upto is not None:
             params["upto"] = upto
-        walked: list[tuple[str, bool]] = []
-        heads: dict[str, RowMapping] = {}
-        for row in conn.execute(stmt, params).mappings():
-            walked.append((str(row["org"]), bool(row["has_due"])))
-            if self.walk_locks_heads and row["id"] is not None:
-                heads[str(row["org"])] = row
-        if len(self._walks) > 64:
-            self._walks.clear()
-        self._walks[seen] = (now + WALK_REUSE_SECONDS, steps, walked)
-        return Walk(list(walked), heads)  # the caller may extend it; the cache keeps its own
+        walked = [(str(row["org"]), bool(row["has_due"]))
+                  for row in conn.execute(stmt, params).mappings()]
+        self._keep_walk(seen, steps, walked)
+        return Walk(walked, {})
 
     def _walk_statement(self, bounded: bool, job_type_filter: Sequence[str] | None,
                         paused_types: frozenset[str]) -> Any:
@@ -987,24 +1005,11 @@ class Store(ABC):
             step = step.where(walk.c.org < bindparam("upto", type_=String))
         walk = walk.union_all(step)
         due = jobs.alias("due")
-        due_filters = [due.c.organization == walk.c.org,
-                       due.c.priority == bindparam("priority", type_=Integer),
-                       *self._claim_filters(job_type_filter, paused_types, due)]
-        if self.walk_locks_heads:
-            # The organization's first due job, locked (a LEFT JOIN LATERAL: an
-            # organization whose due jobs another claimer holds is still a step).
-            head = (select(due.c.id, due.c.organization, due.c.job_type, due.c.due_at,
-                           due.c.attempts)
-                    .where(*due_filters).order_by(due.c.due_at).limit(1)
-                    .with_for_update(skip_locked=True).lateral("head"))
-            stmt = (select(walk.c.org, head.c.id.is_not(None).label("has_due"), head.c.id,
-                           head.c.organization, head.c.job_type, head.c.due_at,
-                           head.c.attempts)
-                    .select_from(walk.outerjoin(head, true())))
-        else:
-            has_due = exists(select(literal(1)).where(*due_filters))
-            stmt = select(walk.c.org, has_due.label("has_due"))
-        stmt = stmt.where(walk.c.org.is_not(None))
+        has_due = exists(select(literal(1)).where(
+            due.c.organization == walk.c.org,
+            due.c.priority == bindparam("priority", type_=Integer),
+            *self._claim_filters(job_type_filter, paused_types, due)))
+        stmt = select(walk.c.org, has_due.label("has_due")).where(walk.c.org.is_not(None))
         if bounded:
             stmt = stmt.where(walk.c.org <= bindparam("upto", type_=String))
         return stmt.order_by(walk.c.n)

@@ -7,7 +7,10 @@ One claim, inside its transaction, with a bounded number of statements:
 2. a bounded skip scan over ``ix_background_jobs_org_claimable`` naming the
    organizations with claimable jobs in name order, starting after the
    organization this worker served last and wrapping around, each flagged with
-   whether it has a due job at that priority (one index probe per step);
+   whether it has a due job at that priority (one index probe per step; on
+   PostgreSQL one statement, wrap-around included, whose probe row is the
+   organization's head whenever it is due at that priority, locked through its
+   ``ctid``: ``postgres_hot.WALK_AROUND``);
 3. for organizations with a concurrency limit: their ``organizations`` rows are
    locked (PostgreSQL: ``FOR NO KEY UPDATE SKIP LOCKED``, so two claimers never
    count the same organization at once, and neither blocks submissions) and their
@@ -83,16 +86,9 @@ class FairChoice:
         """Organizations with a due job at ``priority`` that may start jobs now, in
         rotation order after ``cursor``; and the last organization looked at."""
         steps = min(MAX_STEPS, want * self.policy.scan_factor + len(self.blocked) + 8)
-        walk = self.store.walk_organizations(
-            self.conn, priority, cursor, None, steps, self.job_type_filter,
-            self.controls.paused_types)
+        walk = self.store.walk_around(self.conn, priority, cursor, steps,
+                                      self.job_type_filter, self.controls.paused_types)
         walked, self.walk_heads = walk.steps, walk.heads
-        if len(walked) < steps and cursor:  # reached the end: wrap around
-            walk = self.store.walk_organizations(
-                self.conn, priority, "", cursor, steps - len(walked), self.job_type_filter,
-                self.controls.paused_types)
-            walked += walk.steps
-            self.walk_heads.update(walk.heads)
         last = walked[-1][0] if walked else None
         orgs = [o for o, due in walked if due and o not in self.blocked]
         unchecked = [o for o in orgs if o not in self.checked and (

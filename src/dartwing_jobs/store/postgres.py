@@ -34,7 +34,7 @@ from sqlalchemy.sql.expression import ClauseElement
 from ..domain.outcomes import Outcome
 from ..domain.statuses import Status
 from . import postgres_hot as hot
-from .base import Store, Units
+from .base import Store, Units, Walk
 from .clock import db_now
 from .schema import ACTIVE_HASH_PREDICATE, job_events, jobs
 
@@ -242,6 +242,30 @@ class PostgresStore(Store):
 
     def _lock_for_claim(self, stmt: Any) -> Any:
         return stmt.with_for_update(skip_locked=True)
+
+    def walk_around(
+        self, conn: Connection, priority: int, cursor: str, steps: int,
+        job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+    ) -> Walk:
+        """One statement (``postgres_hot.WALK_AROUND``), the wrap-around included,
+        locking each organization's first due job; reused as ``_reused_walk``
+        says."""
+        seen = ("around", tuple(job_type_filter or ()), tuple(sorted(paused_types)),
+                priority, cursor)
+        reused = self._reused_walk(seen, steps)
+        if reused is not None:
+            return reused
+        walked: list[tuple[str, bool]] = []
+        heads: dict[str, RowMapping] = {}
+        for row in conn.execute(hot.WALK_AROUND, {
+                "after": cursor, "steps": steps, "priority": priority,
+                "types": list(job_type_filter) if job_type_filter else None,
+                "paused": sorted(paused_types)}).mappings():
+            walked.append((str(row["org"]), bool(row["has_due"])))
+            if row["id"] is not None:
+                heads[str(row["org"])] = row
+        self._keep_walk(seen, steps, walked)
+        return Walk(walked, heads)
 
     def organization_heads(
         self, conn: Connection, priority: int, wanted: Sequence[tuple[str, int]],

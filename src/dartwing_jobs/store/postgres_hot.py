@@ -208,3 +208,89 @@ HAVING_DEPENDENTS = text("""
 SELECT DISTINCT depends_on_id FROM job_dependencies
 WHERE depends_on_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
 """)
+
+#: A fair claim's walk over the organizations with claimable jobs, in name order
+#: after ``:after``, wrapping around to the start and back to ``:after`` itself
+#: (one statement where a walk that reached the end used to take two), at most
+#: ``:steps`` organizations; each with its first due job at ``:priority`` by due
+#: time, locked (``FOR UPDATE SKIP LOCKED``), when it has one that is not held.
+#:
+#: Each step is one probe of ``ix_background_jobs_org_claimable``: the first
+#: claimable row after the previous organization in (organization, priority, due
+#: time) order names the next organization and, when it is due, at ``:priority``
+#: and of a wanted job type, is that organization's head, locked through its
+#: ``ctid`` with no second index descent (``fast``; a row changed meanwhile fails
+#: the status recheck and is skipped). Otherwise (a more urgent job not due yet,
+#: a filtered job type, the row held by another claimer) ``slow`` asks the index
+#: for the head as the walk used to. A step's row is read from the heap (its
+#: ``ctid``), so the probe marks the entries of jobs claimed since as dead, where
+#: an index-only scan would visit each of them again until the next vacuum.
+#: ``:types`` (NULL: all) and ``:paused`` (may be empty) filter the heads only:
+#: an organization with claimable jobs of other types is still a step.
+WALK_AROUND = text("""
+WITH RECURSIVE clock AS (
+    SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
+),
+walk(org, n, wrapped, priority, due_at, job_type, tid) AS (
+    SELECT f.organization, 1, f.wrapped, f.priority, f.due_at, f.job_type, f.ctid
+    FROM (
+        (SELECT organization, priority, due_at, job_type, ctid, false AS wrapped
+         FROM background_jobs
+         WHERE status IN ('queued', 'retrying') AND organization > :after
+         ORDER BY organization, priority, due_at LIMIT 1)
+        UNION ALL
+        (SELECT organization, priority, due_at, job_type, ctid, true
+         FROM background_jobs
+         WHERE :after <> '' AND status IN ('queued', 'retrying')
+         ORDER BY organization, priority, due_at LIMIT 1)
+        LIMIT 1
+    ) AS f
+    UNION ALL
+    SELECT f.organization, w.n + 1, f.wrapped, f.priority, f.due_at, f.job_type, f.ctid
+    FROM walk AS w CROSS JOIN LATERAL (
+        (SELECT organization, priority, due_at, job_type, ctid, w.wrapped AS wrapped
+         FROM background_jobs
+         WHERE status IN ('queued', 'retrying') AND organization > w.org
+         ORDER BY organization, priority, due_at LIMIT 1)
+        UNION ALL
+        (SELECT organization, priority, due_at, job_type, ctid, true
+         FROM background_jobs
+         WHERE NOT w.wrapped AND :after <> '' AND status IN ('queued', 'retrying')
+         ORDER BY organization, priority, due_at LIMIT 1)
+        LIMIT 1
+    ) AS f
+    WHERE w.n < :steps AND NOT (w.wrapped AND w.org >= :after)
+)
+SELECT w.org, COALESCE(fast.id, slow.id) IS NOT NULL AS has_due,
+    COALESCE(fast.id, slow.id) AS id, w.org AS organization,
+    COALESCE(fast.job_type, slow.job_type) AS job_type,
+    COALESCE(fast.due_at, slow.due_at) AS due_at,
+    COALESCE(fast.attempts, slow.attempts) AS attempts
+FROM walk AS w
+LEFT JOIN LATERAL (
+    SELECT j.id, j.job_type, j.due_at, j.attempts
+    FROM background_jobs AS j
+    WHERE w.priority = :priority AND w.due_at <= (SELECT now FROM clock)
+      AND (CAST(:types AS varchar[]) IS NULL
+           OR w.job_type = ANY(CAST(:types AS varchar[])))
+      AND w.job_type <> ALL(CAST(:paused AS varchar[]))
+      AND j.ctid = w.tid AND j.organization = w.org AND j.priority = :priority
+      AND j.status IN ('queued', 'retrying') AND j.due_at <= (SELECT now FROM clock)
+    FOR UPDATE SKIP LOCKED
+) AS fast ON true
+LEFT JOIN LATERAL (
+    SELECT d.id, d.job_type, d.due_at, d.attempts
+    FROM background_jobs AS d
+    WHERE fast.id IS NULL AND w.priority <= :priority
+      AND d.organization = w.org AND d.priority = :priority
+      AND d.status IN ('queued', 'retrying') AND d.due_at <= (SELECT now FROM clock)
+      AND (CAST(:types AS varchar[]) IS NULL
+           OR d.job_type = ANY(CAST(:types AS varchar[])))
+      AND d.job_type <> ALL(CAST(:paused AS varchar[]))
+    ORDER BY d.due_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+) AS slow ON true
+WHERE NOT (w.wrapped AND w.org > :after)
+ORDER BY w.n
+""")
