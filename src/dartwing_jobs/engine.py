@@ -145,10 +145,20 @@ class Engine:
         if tx is None and not deps:
             # The common case writes one statement (the insert, its event and its
             # notifications): no transaction around it, so no BEGIN and COMMIT
-            # round trips. With a quota to hold, the transaction below does it all.
+            # round trips; where the backend can, the insert reads the job type
+            # itself. With a quota to hold, the transaction below does it all.
             with self.store.single_statement() as conn:
+                principal = self._principal(conn, actor)
+                if (principal.can_submit(organization)
+                        and self.store.claim_policy.default_max_queued is None):
+                    row = self.store.insert_typed_job(
+                        conn, self._typed_values(job_type, organization, params, principal),
+                        None if chosen_priority is None else int(chosen_priority), due,
+                        check_organization=principal.sees_everything)
+                    if row is not None:
+                        return Job.from_row(row, [])
                 principal, jt, quota = self._authorize_submission(
-                    conn, actor, job_type, organization)
+                    conn, actor, job_type, organization, principal)
                 if quota is None:
                     values = self._job_values(jt, organization, params, chosen_priority,
                                               Status.QUEUED, principal)
@@ -207,10 +217,13 @@ class Engine:
 
     def _authorize_submission(
         self, conn: Connection, actor: str | None, job_type: str, organization: str,
+        principal: Principal | None = None,
     ) -> tuple[Principal, Mapping[str, Any], int | None]:
-        """The principal, the job type's row and the queued-job quota that applies
-        (None: no quota); the database is asked once for all three."""
-        principal = self._principal(conn, actor)
+        """The principal (unless known), the job type's row and the queued-job
+        quota that applies (None: no quota); the database is asked once for the
+        last two."""
+        if principal is None:
+            principal = self._principal(conn, actor)
         if not principal.can_submit(organization):
             raise Forbidden(FORBIDDEN_ORG)
         context = self.store.submission_context(conn, organization, job_type)
@@ -242,6 +255,19 @@ class Engine:
                 f"({waiting} waiting, {adding} submitted)", quota=quota)
 
     @staticmethod
+    def _typed_values(job_type: str, organization: str, params: dict[str, Any],
+                      principal: Principal) -> dict[str, Any]:
+        """The values of ``_job_values`` that need no job type row."""
+        return {
+            "id": new_id(),
+            "job_type": job_type,
+            "organization": organization,
+            "parameters": params,
+            "job_hash": job_hash(job_type, organization, params),
+            "submitted_by": principal.user_id,
+        }
+
+    @staticmethod
     def _job_values(
         jt: Mapping[str, Any], organization: str, params: dict[str, Any],
         chosen_priority: Priority | None, status: Status, principal: Principal,
@@ -249,19 +275,14 @@ class Engine:
         priority = chosen_priority if chosen_priority is not None else Priority(
             jt["default_priority"])
         return {
-            "id": new_id(),
-            "job_type": jt["name"],
-            "organization": organization,
-            "parameters": params,
+            **Engine._typed_values(jt["name"], organization, params, principal),
             "priority": int(priority),
             "status": status.value,
-            "job_hash": job_hash(jt["name"], organization, params),
             "deduplicate": bool(jt["deduplicate"]),
             "max_retries": jt["max_retries"],
             "timeout_seconds": jt["default_timeout"],
             "retry_backoff": jt["retry_backoff"],
             "retry_backoff_max": jt["retry_backoff_max"],
-            "submitted_by": principal.user_id,
         }
 
     @staticmethod

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from dartwing_jobs import DuplicateJob, Engine, NotFound, ValidationError
 from dartwing_jobs.domain.errors import Conflict, DartwingError, PayloadTooLarge
@@ -464,3 +464,58 @@ def test_mixed_good_and_foreign_dependencies_are_refused(world: World) -> None:
     with pytest.raises(ValidationError):
         world.submit(depends_on=[good.id, foreign.id])
 
+
+
+SAME_FIELDS = ("job_type", "organization", "parameters", "priority", "status", "deduplicate",
+               "max_retries", "timeout_seconds", "retry_backoff", "retry_backoff_max",
+               "submitted_by", "run_at", "attempts", "progress")
+
+
+@pytest.mark.parametrize("how", [{}, {"priority": "critical"},
+                                 {"run_at": "2030-01-01T00:00:00+00:00"},
+                                 {"actor": World.MEMBER}])
+def test_the_one_statement_submission_stores_what_the_general_path_does(
+        world: World, how: dict[str, Any]) -> None:
+    """On PostgreSQL a plain submission reads its job type inside the insert; the
+    job must come out as a submission inside a transaction (the general path)
+    makes it, the job type's settings included."""
+    engine = world.engine
+    engine.job_types.update("nodedup", default_priority="low", default_timeout=77,
+                            max_retries=5, retry_backoff=3.0, retry_backoff_max=9.0)
+    kwargs = {k: v for k, v in how.items() if k != "actor"}
+    one = engine.submit_job("nodedup", "acme", {"x": 1}, actor=how.get("actor"), **kwargs)
+    with engine.store.transaction() as tx:
+        general = engine.submit_job("nodedup", "acme", {"x": 1}, actor=how.get("actor"),
+                                    tx=tx, **kwargs)
+    rows = {}
+    with engine.store.read() as conn:
+        for job_id in (one.id, general.id):
+            rows[job_id] = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
+    assert {f: rows[one.id][f] for f in SAME_FIELDS} == {
+        f: rows[general.id][f] for f in SAME_FIELDS}
+    assert rows[one.id]["job_hash"] == rows[general.id]["job_hash"]
+    assert one.priority == general.priority
+    assert rows[one.id]["due_at"] == pytest.approx(rows[general.id]["due_at"], abs=60)
+
+
+def test_a_plain_submission_is_one_statement_on_postgresql(world: World) -> None:
+    """The ping, then the insert that reads the job type itself (no separate
+    read of the job type, the organization and its quota)."""
+    engine = world.engine
+    if engine.store.backend != "postgresql":
+        pytest.skip("the one-statement submission is PostgreSQL's")
+    world.submit()  # warm: the pool holds a connection
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.store.engine, "before_cursor_execute", record)
+    try:
+        job = world.submit(parameters={"n": 1})
+    finally:
+        event.remove(engine.store.engine, "before_cursor_execute", record)
+    assert job.status == "queued"
+    writes = [s for s in sent if "INSERT" in s]
+    assert len(writes) == 1, sent
+    assert all("job_types" in s or s.strip().lower() == "select 1" for s in sent), sent

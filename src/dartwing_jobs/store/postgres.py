@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Engine,
     Integer,
     String,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     text,
     true,
@@ -36,7 +38,15 @@ from ..domain.statuses import Status
 from . import postgres_hot as hot
 from .base import Store, Units, Walk
 from .clock import db_now
-from .schema import ACTIVE_HASH_PREDICATE, job_events, jobs
+from .schema import (
+    ACTIVE_HASH_PREDICATE,
+    ALL_JOB_TYPES,
+    job_events,
+    job_types,
+    jobs,
+    organization_limits,
+    organizations,
+)
 
 NOTIFY_CHANNEL = "dartwing_jobs"
 EVENTS_CHANNEL = "dartwing_jobs_events"
@@ -206,8 +216,9 @@ class PostgresStore(Store):
                  tuple(sorted(k for k in row if k not in plain)))
         stmt = self._statements.get(shape)
         if stmt is None:  # built once per shape; the values are bound at execution
-            stmt = self._statements[shape] = self._submit_statement(dict(row, **{
-                k: bindparam(f"v_{k}", type_=jobs.c[k].type) for k in plain}), wake)
+            stmt = self._statements[shape] = self._submit_statement(
+                self._insert_ignoring_duplicate(dict(row, **{
+                    k: bindparam(f"v_{k}", type_=jobs.c[k].type) for k in plain})), wake)
         created: RowMapping | None = conn.execute(
             stmt, {f"v_{k}": v for k, v in plain.items()}).mappings().first()
         if created is not None:
@@ -216,8 +227,69 @@ class PostgresStore(Store):
                 self._mark_notified(conn, NOTIFY_CHANNEL)
         return created
 
-    def _submit_statement(self, row: dict[str, Any], wake: bool) -> Any:
-        ins = self._insert_ignoring_duplicate(row).returning(*jobs.c).cte("ins")
+    def insert_typed_job(self, conn: Connection, values: dict[str, Any],
+                         priority: int | None, run_at: float | None,
+                         check_organization: bool) -> RowMapping | None:
+        """The common submission in one statement and one round trip: the job
+        type's settings are read by the insert itself (``INSERT ... SELECT FROM
+        job_types``), which inserts nothing unless the type exists and is
+        enabled, the organization has no queued-job quota of its own and, with
+        ``check_organization``, exists; nor when an active twin exists. Nothing
+        inserted: the caller takes the general path, which tells why."""
+        stmt = self._statements.get(("submit-typed",))
+        if stmt is None:
+            stmt = self._statements[("submit-typed",)] = self._typed_submit_statement()
+        created: RowMapping | None = conn.execute(stmt, {
+            "t_id": values["id"], "t_job_type": values["job_type"],
+            "t_organization": values["organization"], "t_parameters": values["parameters"],
+            "t_priority": priority, "t_job_hash": values["job_hash"],
+            "t_submitted_by": values["submitted_by"], "t_run_at": run_at,
+            "t_check_org": check_organization,
+        }).mappings().first()
+        if created is not None:
+            self._mark_notified(conn, EVENTS_CHANNEL)
+            self._mark_notified(conn, NOTIFY_CHANNEL)
+        return created
+
+    def _typed_submit_statement(self) -> Any:
+        """Built once; every value is bound at execution."""
+        jt = job_types
+        org = bindparam("t_organization", type_=jobs.c.organization.type)
+        run_at = bindparam("t_run_at", type_=jobs.c.run_at.type)
+        org_exists = select(organizations.c.name).where(organizations.c.name == org).exists()
+        own_quota = select(organization_limits.c.organization).where(
+            organization_limits.c.organization == org,
+            organization_limits.c.job_type == ALL_JOB_TYPES,
+            organization_limits.c.max_queued.is_not(None)).exists()
+        columns = {
+            "id": bindparam("t_id", type_=jobs.c.id.type),
+            "job_type": jt.c.name,
+            "organization": org,
+            "parameters": bindparam("t_parameters", type_=jobs.c.parameters.type),
+            "priority": func.coalesce(bindparam("t_priority", type_=jobs.c.priority.type),
+                                      jt.c.default_priority),
+            "status": literal(Status.QUEUED.value, jobs.c.status.type),
+            "job_hash": bindparam("t_job_hash", type_=jobs.c.job_hash.type),
+            "deduplicate": jt.c.deduplicate,
+            "max_retries": jt.c.max_retries,
+            "timeout_seconds": jt.c.default_timeout,
+            "retry_backoff": jt.c.retry_backoff,
+            "retry_backoff_max": jt.c.retry_backoff_max,
+            "submitted_by": bindparam("t_submitted_by", type_=jobs.c.submitted_by.type),
+            "due_at": func.coalesce(run_at, db_now()),
+            "run_at": run_at,
+            "created_at": db_now(),
+            "modified_at": db_now(),
+        }
+        chosen = select(*columns.values()).where(
+            jt.c.name == bindparam("t_job_type", type_=jt.c.name.type), jt.c.enabled,
+            or_(~bindparam("t_check_org", type_=Boolean), org_exists), ~own_quota)
+        insert_stmt = pg_insert(jobs).from_select(list(columns), chosen).on_conflict_do_nothing(
+            index_elements=[jobs.c.job_hash], index_where=ACTIVE_HASH_PREDICATE)
+        return self._submit_statement(insert_stmt, wake=True)
+
+    def _submit_statement(self, insert_stmt: Any, wake: bool) -> Any:
+        ins = insert_stmt.returning(*jobs.c).cte("ins")
         event = insert(job_events).from_select(
             ["job_id", "organization", "job_type", "kind", "status", "attempt", "progress",
              "message", "error", "created_at"],
