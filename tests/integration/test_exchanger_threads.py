@@ -132,3 +132,37 @@ def test_a_throttled_progress_value_is_written_without_another_report(
         assert wait_for(lambda: world.engine.get_job(row["id"]).progress == 20.0, 5.0)
     finally:
         ex.stop()
+
+
+def test_outcomes_that_come_during_a_group_commit_are_written_after_it(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outcomes that come while the writer commits a group (the children well
+    fed, so groups are held back) are written once that commit is done, with no
+    outcome coming after them."""
+    store = world.engine.store
+    jobs = [world.submit(parameters={"n": i}) for i in range(2)]
+    rows = []
+    for _ in jobs:
+        rows.append(claim_one(world))
+    entered, release = threading.Event(), threading.Event()
+    real = store.record_outcomes
+
+    def slow_record(*args: Any, **kw: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, "record_outcomes", slow_record)
+    ex = Exchanger(store, "w1", 30.0, None, 0.05, lambda: 0, lambda rows: None,
+                   well_fed=lambda: True)
+    ex.start()
+    try:
+        ex.submit(completed(rows[0]["id"], int(rows[0]["attempts"])))
+        assert entered.wait(10), "the first group was never written"
+        ex.submit(completed(rows[1]["id"], int(rows[1]["attempts"])))  # during the commit
+        release.set()
+        assert wait_for(lambda: ex.written == 2, timeout=5), ex.written
+        assert {world.engine.get_job(r["id"]).status for r in rows} == {"completed"}
+    finally:
+        release.set()
+        ex.stop()
