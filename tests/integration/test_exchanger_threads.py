@@ -37,6 +37,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
+def hold(monkeypatch: pytest.MonkeyPatch, store: Any, method: str
+         ) -> tuple[threading.Event, threading.Event]:
+    """Make ``store.method`` block until ``release`` is set; ``entered`` is set
+    once a call is inside the database transaction."""
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(store, method)
+
+    def held(*args: Any, **kw: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, method, held)
+    return entered, release
+
+
 @pytest.fixture
 def running(world: World, monkeypatch: pytest.MonkeyPatch
             ) -> Iterator[tuple[Exchanger, threading.Event, threading.Event, list[str]]]:
@@ -46,15 +62,7 @@ def running(world: World, monkeypatch: pytest.MonkeyPatch
     world.submit(parameters={"n": 1})
     first = claim_one(world)  # running, to be reported while a claim hangs
     waiting = world.submit(parameters={"n": 2})  # due: the claim thread will ask
-    entered, release = threading.Event(), threading.Event()
-    real = store.claim_jobs
-
-    def slow_claim(*args: Any, **kw: Any) -> Any:
-        entered.set()
-        release.wait(10)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(store, "claim_jobs", slow_claim)
+    entered, release = hold(monkeypatch, store, "claim_jobs")
     claimed: list[str] = []
     want = {"n": 0}
     ex = Exchanger(store, "w1", 30.0, None, 0.05, lambda: want["n"],
@@ -140,19 +148,10 @@ def test_outcomes_that_come_during_a_group_commit_are_written_after_it(
     fed, so groups are held back) are written once that commit is done, with no
     outcome coming after them."""
     store = world.engine.store
-    jobs = [world.submit(parameters={"n": i}) for i in range(2)]
-    rows = []
-    for _ in jobs:
-        rows.append(claim_one(world))
-    entered, release = threading.Event(), threading.Event()
-    real = store.record_outcomes
-
-    def slow_record(*args: Any, **kw: Any) -> Any:
-        entered.set()
-        release.wait(10)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(store, "record_outcomes", slow_record)
+    for i in range(2):
+        world.submit(parameters={"n": i})
+    rows = [claim_one(world) for _ in range(2)]
+    entered, release = hold(monkeypatch, store, "record_outcomes")
     ex = Exchanger(store, "w1", 30.0, None, 0.05, lambda: 0, lambda rows: None,
                    well_fed=lambda: True)
     ex.start()

@@ -925,19 +925,19 @@ class Store(ABC):
         ``cursor``, then from the start around to ``cursor`` itself; at most
         ``steps`` of them, each with whether it has a due job at ``priority``.
         Here two bounded skip scans (``walk_organizations``) when the first
-        reaches the end; backends may do it in one statement, and backends with
-        row locks (``walk_locks_heads``) also lock and return each organization's
-        first due job at ``priority`` (``FOR UPDATE SKIP LOCKED``): when a claim
-        wants one job per organization (many organizations, the usual
-        multi-tenant case) those are the jobs it claims, and the separate
-        per-organization fetch is not needed."""
-        walk = self.walk_organizations(conn, priority, cursor, None, steps,
-                                       job_type_filter, paused_types)
-        if len(walk.steps) < steps and cursor:  # reached the end: wrap around
-            more = self.walk_organizations(conn, priority, "", cursor, steps - len(walk.steps),
-                                           job_type_filter, paused_types)
-            walk = Walk(walk.steps + more.steps, {**walk.heads, **more.heads})
-        return walk
+        reaches the end, locking nothing. Backends may do it in one statement,
+        and backends with row locks (``walk_locks_heads``) also lock and return
+        each organization's first due job at ``priority`` (``FOR UPDATE SKIP
+        LOCKED``): when a claim wants one job per organization (many
+        organizations, the usual multi-tenant case) those are the jobs it
+        claims, and the separate per-organization fetch is not needed."""
+        walked = self.walk_organizations(conn, priority, cursor, None, steps,
+                                         job_type_filter, paused_types).steps
+        if len(walked) < steps and cursor:  # reached the end: wrap around
+            walked = walked + self.walk_organizations(
+                conn, priority, "", cursor, steps - len(walked), job_type_filter,
+                paused_types).steps
+        return Walk(walked, {})
 
     def _reused_walk(self, seen: tuple[Any, ...], steps: int) -> Walk | None:
         """A walk of the same question asked within WALK_REUSE_SECONDS by this
