@@ -6,6 +6,7 @@ that cannot be read."""
 from __future__ import annotations
 
 import threading
+from multiprocessing import Pipe
 
 import pytest
 from sqlalchemy import func, select
@@ -16,7 +17,7 @@ from dartwing_jobs.domain.outcomes import Outcome, OutcomeKind
 from dartwing_jobs.store.schema import jobs
 from dartwing_jobs.worker.child import ChildRunner
 from dartwing_jobs.worker.exchanger import Exchanger
-from dartwing_jobs.worker.supervisor import Slot, Supervisor, WorkerOptions
+from dartwing_jobs.worker.supervisor import AHEAD_BYTES, Slot, Supervisor, WorkerOptions
 from tests.conftest import World
 
 
@@ -184,9 +185,47 @@ def test_a_failed_job_type_read_gives_the_job_back(world: World,
         raise OperationalError("SELECT ...", {}, Exception("connection lost"))
 
     monkeypatch.setattr(world.engine.store, "list_job_types", unreachable)
-    slot = Slot(index=0, process=None, conn=None, ready=True)  # type: ignore[arg-type]
+    slot = Slot(index=0, process=None, conn=None, control=None,  # type: ignore[arg-type]
+                ready=True)
     supervisor._dispatch(slot, row)  # type: ignore[arg-type]
     assert slot.job is None
     assert [r["id"] for r in supervisor._buffer] == [job.id]
     assert supervisor._exchanger.pending() == 0
     assert world.engine.get_job(job.id).status == "running"
+
+
+def test_jobs_sent_ahead_to_a_busy_child_stay_within_what_its_pipe_holds(
+        world: World) -> None:
+    """A busy child reads its pipe only between jobs: jobs sent ahead to it must
+    fit the pipe's buffer, or the supervisor's loop (and its lease renewals) would
+    block until the running job ends. Jobs too big to send ahead wait in the
+    buffer, in order, for a free child."""
+    small = [world.submit(parameters={"i": i}) for i in range(2)]
+    big = [world.submit(parameters={"blob": f"{i}" * (AHEAD_BYTES // 2)}) for i in range(3)]
+    running, *claimed = claim(world, 6)
+    supervisor = Supervisor(world.engine, WorkerOptions(concurrency=1))
+    supervisor._recent_duration = 0.001  # short jobs: sending ahead is on
+    reader, writer = Pipe()
+    slot = Slot(index=0, process=None, conn=writer, control=None,  # type: ignore[arg-type]
+                ready=True)
+    supervisor._slots = [slot]
+    supervisor._start(slot, running)  # type: ignore[arg-type]
+    supervisor._buffer.extend(claimed)  # type: ignore[arg-type]
+    supervisor._send_ahead()
+    sent = [s["job_id"] for s in reader.recv()[1:]]
+    while reader.poll():
+        sent += [s["job_id"] for s in reader.recv()[1:]]
+    assert sent == [r["id"] for r in slot.queued]
+    unread = sum(size for _, size in slot.unread)
+    assert 0 < unread <= AHEAD_BYTES
+    assert {j.id for j in small} - {running["id"]} <= set(sent)
+    assert len(set(sent) & {j.id for j in big}) <= 1
+    assert [r["id"] for r in slot.queued] + [r["id"] for r in supervisor._buffer] == [
+        r["id"] for r in claimed]
+    # Nothing more is tried until the child starts a job sent ahead (it has read
+    # that message then).
+    assert slot.ahead_full
+    supervisor._send_ahead()
+    assert not reader.poll()
+    supervisor._start(slot, slot.queued.popleft())
+    assert not slot.ahead_full and sum(size for _, size in slot.unread) < unread

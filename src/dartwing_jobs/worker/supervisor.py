@@ -49,6 +49,11 @@ SEND_AHEAD_SECONDS = 0.02
 SHORT_JOB = 0.05  # seconds: jobs shorter than this on average are prefetched
 #: Bytes asked for per read of a child's pipe.
 INBOX_READ = 1 << 16
+#: Bytes of jobs sent ahead that a busy child may leave unread. A child reads its
+#: pipe only between jobs, so a send beyond what the pipe buffers would block the
+#: supervisor's loop (and its lease renewals) until the running job ends; the
+#: smallest pipe buffer (8 KiB, Windows) bounds this.
+AHEAD_BYTES = 6 * 1024
 #: Pipe ends that are plain file descriptors (POSIX), read directly.
 RAW_CONNECTION = multiprocessing.connection.Connection
 
@@ -86,6 +91,8 @@ class Slot:
     index: int
     process: BaseProcess
     conn: Connection
+    #: Cancels go here: the child's main thread reads ``conn`` only between jobs.
+    control: Connection
     ready: bool = False
     job: RowMapping | None = None
     queued: deque[RowMapping] = field(default_factory=deque)
@@ -95,6 +102,11 @@ class Slot:
     kill_at: float | None = None  # end of the cancel grace period (monotonic)
     #: Bytes read from the child's pipe and not yet a whole message.
     inbox: bytearray = field(default_factory=bytearray)
+    #: Messages of jobs sent ahead that the child has not read yet, as (first
+    #: job's id, size in bytes): it reads one when it starts that job.
+    unread: deque[tuple[str, int]] = field(default_factory=deque)
+    #: A send-ahead was refused for its size; tried again when a job starts.
+    ahead_full: bool = False
 
     @property
     def busy(self) -> bool:
@@ -303,7 +315,8 @@ class Supervisor:
         if not depth:
             return
         for slot in self._slots:
-            if slot.job is None or slot.kill_at is not None or len(slot.queued) >= depth:
+            if (slot.job is None or slot.kill_at is not None or slot.ahead_full
+                    or len(slot.queued) >= depth):
                 continue
             specs = []
             while len(slot.queued) < depth:
@@ -319,13 +332,35 @@ class Supervisor:
                 if spec is not None:
                     slot.queued.append(row)
                     specs.append(spec)
-            if specs:
-                try:
-                    send_message(slot.conn, ("run", *specs))
-                except (OSError, EOFError):
-                    self._child_died(slot)
+            refused = len(specs) - self._send_ahead_to(slot, specs) if specs else 0
+            if refused:
+                # Too big to leave unread: they wait here for a free child.
+                back = [slot.queued.pop() for _ in range(refused)]
+                with self._buffer_lock:
+                    self._buffer.extendleft(back)
             if not self._buffer:
                 return
+
+    def _send_ahead_to(self, slot: Slot, specs: list[Any]) -> int:
+        """Send jobs ahead to a busy child, as many of ``specs`` (a prefix) as keep
+        the bytes it has not read within ``AHEAD_BYTES``; how many were sent."""
+        room = AHEAD_BYTES - sum(size for _, size in slot.unread)
+        frame = pickle.dumps(("run", *specs), pickle.HIGHEST_PROTOCOL)
+        count = len(specs)
+        while len(frame) > room and count:
+            # Rare (large parameters): find the prefix that fits, one job less
+            # each time, and try no more until the child starts one of them.
+            slot.ahead_full = True
+            count -= 1
+            frame = pickle.dumps(("run", *specs[:count]), pickle.HIGHEST_PROTOCOL)
+        if not count:
+            return 0
+        slot.unread.append((specs[0]["job_id"], len(frame)))
+        try:
+            slot.conn.send_bytes(frame)
+        except (OSError, EOFError):
+            self._child_died(slot)
+        return count
 
     def _timeout(self, now: float) -> float:
         candidates = [self._next_heartbeat - now]
@@ -379,6 +414,9 @@ class Supervisor:
         """``job`` is now the one ``slot``'s child runs (just sent, or next in its
         queue after the previous one was reported)."""
         slot.job = job
+        slot.ahead_full = False
+        if slot.unread and slot.unread[0][0] == job["id"]:
+            slot.unread.popleft()  # the child has read the message that held it
         slot.started_mono = time.monotonic()
         slot.started_epoch = time.time()
         slot.deadline = (
@@ -619,7 +657,7 @@ class Supervisor:
             if slot.busy and slot.attempt in cancels and slot.kill_at is None:
                 slot.kill_at = now + grace
                 try:
-                    send_message(slot.conn, ("cancel", slot.attempt[0]))
+                    send_message(slot.control, ("cancel", slot.attempt[0]))
                 except (OSError, EOFError):
                     self._child_died(slot)
         for key, slot in sent_ahead.items():
@@ -627,7 +665,7 @@ class Supervisor:
             if key in cancels and slot.busy and any(
                     (r["id"], r["attempts"]) == key for r in slot.queued):
                 with contextlib.suppress(OSError, EOFError):
-                    send_message(slot.conn, ("cancel", key[0]))
+                    send_message(slot.control, ("cancel", key[0]))
 
     def _cancel_buffered(self, cancels: set[tuple[str, int]]) -> None:
         """A job canceled while still in the buffer never starts."""
@@ -660,15 +698,18 @@ class Supervisor:
 
     def _spawn(self, index: int) -> Slot:
         parent, child = self._ctx.Pipe()
+        control_child, control = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=child_main,
-            args=(child, self.settings.database_url, self.settings.handler_prefixes),
+            args=(child, control_child, self.settings.database_url,
+                  self.settings.handler_prefixes),
             name=f"dartwing-jobs-child-{index}",
             daemon=True,
         )
         process.start()
         child.close()
-        return Slot(index=index, process=process, conn=parent)
+        control_child.close()
+        return Slot(index=index, process=process, conn=parent, control=control)
 
     def _replace(self, slot: Slot) -> None:
         self._give_back_queued(slot)
@@ -699,6 +740,7 @@ class Supervisor:
             slot.process.kill()
             slot.process.join(timeout=5)
         slot.conn.close()
+        slot.control.close()
 
     # -- database access ---------------------------------------------------
 
