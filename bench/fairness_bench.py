@@ -190,14 +190,18 @@ def claim_runs(backend: str, setups: list[tuple[int, int, bool]], claims: int, r
         for i, (orgs, per_org, fair) in enumerate(setups):
             with database(backend) as url:
                 engine = seeded_claim_store(url, backend, orgs, per_org, fair)
+                # Claims as the worker's claim thread makes them: on connections
+                # of its own (``Store.units``), kept from one claim to the next.
+                units = engine.store.units()
                 got = 0
                 started = time.perf_counter()
                 for _ in range(per_round):
-                    with engine.store.transaction() as conn:
+                    with units.transaction() as conn:
                         rows = engine.store.claim_jobs(conn, "bench", 100, 300.0)
                     got += len(rows)
                     served[i].update(r["organization"] for r in rows)
                 rates[i].append(got / (time.perf_counter() - started))
+                units.close()
                 claimed[i] += got
                 engine.close()
     return [{"backend": backend, "organizations": orgs, "jobs_per_organization": per_org,

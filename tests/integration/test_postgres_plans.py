@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from psycopg import sql as psycopg_sql
 from sqlalchemy import event, insert, select
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
@@ -118,6 +119,33 @@ def plan(conn: Connection, statement: str, parameters: Any) -> str:
     return "\n".join(" ".join(str(c) for c in r) for r in rows)
 
 
+def generic_plan(conn: Connection, statement: str, parameters: dict[str, Any]) -> str:
+    """EXPLAIN of the plan PostgreSQL caches for a prepared statement under
+    ``plan_cache_mode = force_generic_plan``: built without the values (as the
+    fair claim's statements run). The driver's ``%(name)s`` placeholders become
+    ``$n`` of a ``PREPARE``; the values are bound to its ``EXECUTE``."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", number, statement).replace("%%", "%")
+    conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    conn.exec_driver_sql("PREPARE generic_probe AS " + body)
+    try:
+        # EXECUTE inside EXPLAIN takes no bound parameters: the driver quotes them.
+        raw = conn.connection.dbapi_connection
+        arguments = ", ".join(
+            psycopg_sql.Literal(parameters[n]).as_string(raw) for n in names)  # type: ignore[arg-type]
+        rows = conn.exec_driver_sql(f"EXPLAIN EXECUTE generic_probe({arguments})").all()
+    finally:
+        conn.exec_driver_sql("DEALLOCATE generic_probe")
+        conn.exec_driver_sql("RESET plan_cache_mode")
+    return "\n".join(" ".join(str(c) for c in r) for r in rows)
+
+
 def plan_of(conn: Connection, stmt: Any) -> str:
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     if compiled.positiontup is not None:
@@ -140,9 +168,10 @@ def store_claim_plan(engine: Engine) -> str:
         return plan(conn, statement, params)
 
 
-def store_fair_claim_plans(engine: Engine) -> dict[str, str]:
+def store_fair_claim_plans(engine: Engine, generic: bool = False) -> dict[str, str]:
     """The plans of the fair claim's reads of the jobs table, by role: the top due
-    priority, the organization walk, the organizations' first jobs."""
+    priority, the organization walk, the organizations' first jobs (``generic``:
+    the plans cached without the values, as the claim's transaction runs them)."""
     with engine.store.engine.connect() as conn, captured(engine) as seen:
         trans = conn.begin()
         rows = engine.store.claim_jobs(conn, "plan-test", 10, 30.0)
@@ -157,7 +186,8 @@ def store_fair_claim_plans(engine: Engine) -> dict[str, str]:
             role = ("walk" if "RECURSIVE" in head else
                     "heads" if "UNION" in head or "LATERAL" in head else
                     "priority" if head.startswith("SELECT (SELECT") else "other")
-            plans[role] = plan(conn, statement, params)
+            plans[role] = (generic_plan(conn, statement, params) if generic
+                           else plan(conn, statement, params))
     return plans
 
 
@@ -235,9 +265,13 @@ def indexes_used(plan_text: str) -> set[str]:
 
 
 @_apply(pg_only)
-def test_pg_fair_claim_uses_the_claim_and_organization_indexes(world: World) -> None:
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+def test_pg_fair_claim_uses_the_claim_and_organization_indexes(world: World,
+                                                               generic: bool) -> None:
+    """Generic too: a fair claim's transaction has PostgreSQL plan its statements
+    once, without the values; those plans must probe the same indexes."""
     seed(world.engine)
-    plans = store_fair_claim_plans(world.engine)
+    plans = store_fair_claim_plans(world.engine, generic)
     assert {"priority", "walk", "heads"} <= set(plans), plans
     assert CLAIM_INDEX in plans["priority"], plans["priority"]
     # Every probe of the walk (next organization, its first due job) reads the
@@ -397,3 +431,20 @@ def test_pg_jobs_by_status_of_an_organization_reads_an_index_only(world: World) 
     (text,) = captured_plans(
         world.engine, lambda conn: metrics.jobs_by_status(conn, orgs[7]), "background_jobs")
     assert "Index Only Scan using ix_background_jobs_org_status_created" in text, text
+
+
+@_apply(pg_only)
+def test_pg_only_the_fair_claim_plans_once(world: World) -> None:
+    """The fair claim's transaction asks for generic plans; the unfair claim's
+    does not (its generic plan, blind to the LIMIT, would sort the queue)."""
+    world.submit()
+    store = world.engine.store
+    for fair, expected in ((True, "force_generic_plan"), (False, "auto")):
+        store.claim_policy = replace(store.claim_policy, fair=fair)
+        with store.engine.connect() as conn:
+            trans = conn.begin()
+            store.claim_jobs(conn, "plan-test", 10, 30.0)
+            mode = conn.exec_driver_sql("SHOW plan_cache_mode").scalar()
+            trans.rollback()
+            assert mode == expected, (fair, mode)
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"

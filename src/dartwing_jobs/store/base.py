@@ -819,6 +819,7 @@ class Store(ABC):
         cursor = after_organization
         if cursor is None:
             cursor = self._claim_cursors.get(worker_id, "")
+        self._prepare_fair_claim(conn)
         choice = FairChoice(self, conn, controls, job_type_filter)
         ids, cursor = choice.choose(limit, cursor)
         self._claim_cursors[worker_id] = cursor
@@ -828,6 +829,10 @@ class Store(ABC):
                                   [(i, choice.attempts[i]) for i in ids])
         order = {job_id: i for i, job_id in enumerate(ids)}
         return sorted(rows, key=lambda r: order[r["id"]])
+
+    def _prepare_fair_claim(self, conn: Connection) -> None:
+        """Settings for the rest of a fair claim's transaction (none here)."""
+        return None
 
     def claim_notified(self, conn: Connection, worker_id: str, job_ids: Sequence[str],
                        lease_seconds: float, job_type_filter: Sequence[str] | None = None,

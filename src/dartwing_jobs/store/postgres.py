@@ -70,6 +70,12 @@ def psycopg_url(url: str) -> str:
 
 
 SHOW_AUTOVACUUM = text("SHOW autovacuum")
+#: For the rest of a fair claim's transaction: plan each (prepared) statement
+#: once, not at every execution. The fair claim's statements are index probes and
+#: key lookups whatever the values; a custom plan of its organization walk cost
+#: about 0.5 ms of planning per claim, a third of its execution. (Not for the
+#: unfair claim: its generic plan, blind to the LIMIT, sorts the queue.)
+GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
 #: The tables the retention cleanup deletes from (static text).
 RECLAIM_SPACE = text(
     "VACUUM (ANALYZE) background_jobs, job_events, job_execution_log, job_dependencies")
@@ -311,6 +317,9 @@ class PostgresStore(Store):
         transaction = conn.get_transaction()
         if transaction is not None:
             conn.info.setdefault("dartwing_notified", {})[channel] = transaction
+
+    def _prepare_fair_claim(self, conn: Connection) -> None:
+        conn.execute(GENERIC_PLANS)
 
     def _lock_for_claim(self, stmt: Any) -> Any:
         return stmt.with_for_update(skip_locked=True)
