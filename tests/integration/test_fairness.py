@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -188,11 +189,29 @@ def test_one_job_per_organization_is_each_ones_first(world: World,
     assert [r["id"] for r in rows] == [made[f"tenant-{i:02d}"][0] for i in range(5, 10)]
 
 
+@contextmanager
+def captured_walks(engine: Engine) -> Iterator[list[int]]:
+    """The number of organizations each walk of the store returned."""
+    lengths: list[int] = []
+    original = engine.store.walk_around
+
+    def walk_around(*args: Any, **kwargs: Any) -> Any:
+        walk = original(*args, **kwargs)
+        lengths.append(len(walk.steps))
+        return walk
+
+    engine.store.walk_around = walk_around  # type: ignore[method-assign]
+    try:
+        yield lengths
+    finally:
+        del engine.store.walk_around
+
+
 def test_concurrent_claims_of_one_job_per_organization(world: World) -> None:
-    """A claim holds the jobs its walk locked until it commits, including those of
-    organizations it walked past without taking (the steps beyond its share);
-    a concurrent claim over the same organizations takes their next jobs instead,
-    never the same one, and after the commit those untaken jobs are claimable."""
+    """A claim holds the jobs its walk locked until it commits, and its walk stops
+    once it has the heads it wants (no limits set): a concurrent claim over the
+    same organizations takes the next jobs of those it holds and the first jobs of
+    the others, never the same one, and nothing is left unclaimed."""
     engine = world.engine
     if not engine.store.walk_locks_heads:
         pytest.skip("row locks are PostgreSQL's (SQLite serialises writers)")
@@ -203,14 +222,31 @@ def test_concurrent_claims_of_one_job_per_organization(world: World) -> None:
         with engine.store.transaction() as second:
             second.execute(text("SET LOCAL lock_timeout = '5s'"))  # fail, never hang
             theirs = engine.store.claim_jobs(second, "w2", 6, 30.0, after_organization="")
-        # The first claim walked all six (its share plus the slack steps): every
-        # organization's first job is locked, so the second takes the next of each.
-        assert [r["id"] for r in theirs] == [made[o][1] for o in sorted(made)]
+        # The first claim locked the three heads it took and no more.
+        assert [r["id"] for r in theirs] == (
+            [made[f"tenant-{i:02d}"][1] for i in range(3)]
+            + [made[f"tenant-{i:02d}"][0] for i in range(3, 6)])
     rest = claim(engine, 100, worker="w3")
     everything = [r["id"] for r in mine + theirs + rest]
     assert sorted(everything) == sorted(i for ids in made.values() for i in ids)
-    # The first jobs the first claim locked but did not take came free.
-    assert {made[f"tenant-{i:02d}"][0] for i in range(3, 6)} <= {r["id"] for r in rest}
+
+
+def test_walk_stops_at_the_heads_it_wants_unless_limits_may_pass_some_over(
+        world: World) -> None:
+    """Without limits the walk stops once it has as many due heads as the claim
+    wants; with a limit set anywhere it walks its whole step bound (an
+    organization at its limit is passed over after the walk)."""
+    engine = world.engine
+    if not engine.store.walk_locks_heads:
+        pytest.skip("the stopping walk is PostgreSQL's")
+    many_organizations(engine, 20, 2)
+    with engine.store.transaction() as conn, captured_walks(engine) as walks:
+        engine.store.claim_jobs(conn, "w1", 3, 30.0, after_organization="")
+    assert walks == [3]
+    engine.set_limits("tenant-19", max_running=5)
+    with engine.store.transaction() as conn, captured_walks(engine) as walks:
+        rows = engine.store.claim_jobs(conn, "w1", 3, 30.0, after_organization="")
+    assert len(rows) == 3 and walks == [3 + 8]
 
 
 def test_walk_passes_over_a_job_another_claim_holds(world: World) -> None:

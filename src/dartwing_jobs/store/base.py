@@ -925,6 +925,7 @@ class Store(ABC):
     def walk_around(
         self, conn: Connection, priority: int, cursor: str, steps: int,
         job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+        enough: int | None = None,
     ) -> Walk:
         """The organizations with claimable jobs in rotation order: by name after
         ``cursor``, then from the start around to ``cursor`` itself; at most
@@ -935,7 +936,9 @@ class Store(ABC):
         each organization's first due job at ``priority`` (``FOR UPDATE SKIP
         LOCKED``): when a claim wants one job per organization (many
         organizations, the usual multi-tenant case) those are the jobs it
-        claims, and the separate per-organization fetch is not needed."""
+        claims, and the separate per-organization fetch is not needed; they may
+        also stop once ``enough`` organizations had a due head (a hint, ignored
+        by the walk here, which locks nothing)."""
         walked = self.walk_organizations(conn, priority, cursor, None, steps,
                                          job_type_filter, paused_types).steps
         if len(walked) < steps and cursor:  # reached the end: wrap around

@@ -327,10 +327,11 @@ class PostgresStore(Store):
     def walk_around(
         self, conn: Connection, priority: int, cursor: str, steps: int,
         job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
+        enough: int | None = None,
     ) -> Walk:
         """One statement (``postgres_hot.WALK_AROUND``), the wrap-around included,
-        locking each organization's first due job; reused as ``_reused_walk``
-        says."""
+        locking each organization's first due job and stopping after ``enough``
+        of them; reused as ``_reused_walk`` says."""
         seen = ("around", tuple(job_type_filter or ()), tuple(sorted(paused_types)),
                 priority, cursor)
         reused = self._reused_walk(seen, steps)
@@ -338,14 +339,19 @@ class PostgresStore(Store):
             return reused
         walked: list[tuple[str, bool]] = []
         heads: dict[str, RowMapping] = {}
+        found = 0
+        enough = steps if enough is None else enough
         for row in conn.execute(hot.WALK_AROUND, {
-                "after": cursor, "steps": steps, "priority": priority,
+                "after": cursor, "steps": steps, "enough": enough, "priority": priority,
                 "types": list(job_type_filter) if job_type_filter else None,
                 "paused": sorted(paused_types)}).mappings():
             walked.append((str(row["org"]), bool(row["has_due"])))
+            found = row["found"]
             if row["id"] is not None:
                 heads[str(row["org"])] = row
-        self._keep_walk(seen, steps, walked)
+        # A walk that stopped at ``enough`` answers only walks as long as itself
+        # (it did not reach the end).
+        self._keep_walk(seen, len(walked) if found >= enough else steps, walked)
         return Walk(walked, heads)
 
     def organization_heads(

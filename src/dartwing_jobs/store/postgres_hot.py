@@ -226,13 +226,21 @@ WHERE depends_on_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
 #: ``ctid``), so the probe marks the entries of jobs claimed since as dead, where
 #: an index-only scan would visit each of them again until the next vacuum.
 #: ``:types`` (NULL: all) and ``:paused`` (may be empty) filter the heads only:
-#: an organization with claimable jobs of other types is still a step.
+#: an organization with claimable jobs of other types is still a step. The walk
+#: also stops once ``:enough`` steps had a probe row that is a due head (``found``
+#: counts them): a claim of ``k`` jobs from ``k`` organizations locks ``k`` heads,
+#: not the slack its step bound keeps for organizations with nothing due.
 WALK_AROUND = text("""
 WITH RECURSIVE clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
 ),
-walk(org, n, wrapped, priority, due_at, job_type, tid) AS (
-    SELECT f.organization, 1, f.wrapped, f.priority, f.due_at, f.job_type, f.ctid
+walk(org, n, wrapped, priority, due_at, job_type, tid, found) AS (
+    SELECT f.organization, 1, f.wrapped, f.priority, f.due_at, f.job_type, f.ctid,
+        CASE WHEN f.priority = :priority AND f.due_at <= (SELECT now FROM clock)
+                  AND (CAST(:types AS varchar[]) IS NULL
+                       OR f.job_type = ANY(CAST(:types AS varchar[])))
+                  AND f.job_type <> ALL(CAST(:paused AS varchar[]))
+             THEN 1 ELSE 0 END
     FROM (
         (SELECT organization, priority, due_at, job_type, ctid, false AS wrapped
          FROM background_jobs
@@ -246,7 +254,12 @@ walk(org, n, wrapped, priority, due_at, job_type, tid) AS (
         LIMIT 1
     ) AS f
     UNION ALL
-    SELECT f.organization, w.n + 1, f.wrapped, f.priority, f.due_at, f.job_type, f.ctid
+    SELECT f.organization, w.n + 1, f.wrapped, f.priority, f.due_at, f.job_type, f.ctid,
+        w.found + CASE WHEN f.priority = :priority AND f.due_at <= (SELECT now FROM clock)
+                            AND (CAST(:types AS varchar[]) IS NULL
+                                 OR f.job_type = ANY(CAST(:types AS varchar[])))
+                            AND f.job_type <> ALL(CAST(:paused AS varchar[]))
+                       THEN 1 ELSE 0 END
     FROM walk AS w CROSS JOIN LATERAL (
         (SELECT organization, priority, due_at, job_type, ctid, w.wrapped AS wrapped
          FROM background_jobs
@@ -259,9 +272,9 @@ walk(org, n, wrapped, priority, due_at, job_type, tid) AS (
          ORDER BY organization, priority, due_at LIMIT 1)
         LIMIT 1
     ) AS f
-    WHERE w.n < :steps AND NOT (w.wrapped AND w.org >= :after)
+    WHERE w.n < :steps AND w.found < :enough AND NOT (w.wrapped AND w.org >= :after)
 )
-SELECT w.org, COALESCE(fast.id, slow.id) IS NOT NULL AS has_due,
+SELECT w.org, w.found, COALESCE(fast.id, slow.id) IS NOT NULL AS has_due,
     COALESCE(fast.id, slow.id) AS id, w.org AS organization,
     COALESCE(fast.job_type, slow.job_type) AS job_type,
     COALESCE(fast.due_at, slow.due_at) AS due_at,
