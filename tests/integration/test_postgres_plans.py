@@ -448,3 +448,26 @@ def test_pg_only_the_fair_claim_plans_once(world: World) -> None:
             trans.rollback()
             assert mode == expected, (fair, mode)
             assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+
+
+@_apply(pg_only)
+def test_pg_idle_fast_claim_generic_plan_uses_the_primary_key_and_claim_index(
+        world: World) -> None:
+    """The idle fast claim runs on a connection that plans generically: its plan,
+    built without the ids, still finds the named jobs by primary key and asks the
+    partial indexes of claimable jobs whether anything else is due, never
+    scanning the table or an index that holds finished jobs."""
+    seed(world.engine)
+    job = world.submit()
+    store = world.engine.store
+    with store.engine.connect() as conn, captured(world.engine) as seen:
+        trans = conn.begin()
+        store.claim_notified(conn, "plan-test", [job.id], 30.0)
+        trans.rollback()
+    (statement, params), = [(s, p) for s, p in seen if "lease_expires_at" in s]
+    with store.engine.connect() as conn:
+        text = generic_plan(conn, statement, params)
+    assert "Seq Scan on background_jobs" not in text, text
+    assert indexes_used(text) <= {"pk_background_jobs", CLAIM_INDEX, ORG_INDEX}, text
+    assert "pk_background_jobs" in text, text
+    assert CLAIM_INDEX in text or ORG_INDEX in text, text

@@ -104,3 +104,23 @@ def test_a_refused_statement_keeps_the_connection(pg_world: World) -> None:
                 assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
     finally:
         units.close()
+
+
+def test_the_kept_statement_connection_plans_once_and_goes_back_as_it_came(
+        pg_world: World) -> None:
+    """The kept autocommit connection (the idle fast claim's) asks for generic
+    plans; the transaction connection and the pool's do not, and the setting is
+    reset before the connection goes back to the pool."""
+    show = text("SHOW plan_cache_mode")
+    units = pg_world.engine.store.units()
+    try:
+        with units.single_statement() as conn:
+            assert conn.execute(show).scalar_one() == "force_generic_plan"
+            raw = conn.connection.dbapi_connection
+        with units.transaction() as conn:
+            assert conn.execute(show).scalar_one() == "auto"
+    finally:
+        units.close()
+    assert raw is not None
+    assert raw.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
+    raw.rollback()
