@@ -17,7 +17,13 @@ from dartwing_jobs.domain.outcomes import Outcome, OutcomeKind
 from dartwing_jobs.store.schema import jobs
 from dartwing_jobs.worker.child import ChildRunner
 from dartwing_jobs.worker.exchanger import Exchanger
-from dartwing_jobs.worker.supervisor import AHEAD_BYTES, Slot, Supervisor, WorkerOptions
+from dartwing_jobs.worker.supervisor import (
+    AHEAD_BYTES,
+    JOB_TYPES_TTL,
+    Slot,
+    Supervisor,
+    WorkerOptions,
+)
 from tests.conftest import World
 
 
@@ -229,3 +235,34 @@ def test_jobs_sent_ahead_to_a_busy_child_stay_within_what_its_pipe_holds(
     assert not reader.poll()
     supervisor._start(slot, slot.queued.popleft())
     assert not slot.ahead_full and sum(size for _, size in slot.unread) < unread
+
+
+def test_job_types_are_read_again_by_the_loop_not_at_a_job_start(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's start never waits for the job types to be read again: a known
+    type's settings are refreshed by the supervisor's loop once they are older
+    than JOB_TYPES_TTL (a type disabled meanwhile then ends its jobs), and only a
+    type not seen yet is read on the way to a start."""
+    supervisor = Supervisor(world.engine, WorkerOptions(concurrency=1))
+    store = world.engine.store
+    reads: list[int] = []
+    original = store.list_job_types
+
+    def counted(conn: object) -> object:
+        reads.append(1)
+        return original(conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "list_job_types", counted)
+    assert supervisor._job_type("noop")["enabled"]
+    assert len(reads) == 1
+    world.engine.job_types.disable("noop")
+    supervisor._job_types_loaded -= JOB_TYPES_TTL + 1
+    assert supervisor._job_type("noop")["enabled"]  # stale, but not read here
+    assert len(reads) == 1
+    supervisor._refresh_job_types(supervisor._job_types_loaded + 1)
+    assert len(reads) == 1  # still fresh enough from the loop's point of view
+    supervisor._refresh_job_types(supervisor._job_types_loaded + JOB_TYPES_TTL + 1)
+    assert len(reads) == 2
+    assert not supervisor._job_type("noop")["enabled"]
+    assert supervisor._job_type("never-registered") is None
+    assert len(reads) == 3

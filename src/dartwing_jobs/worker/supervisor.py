@@ -47,6 +47,9 @@ _UNKNOWN = object()  # a job type that could not be looked up
 PREFETCH_SECONDS = 0.1
 SEND_AHEAD_SECONDS = 0.02
 SHORT_JOB = 0.05  # seconds: jobs shorter than this on average are prefetched
+#: Seconds a job type's settings (enabled, handler) are used before they are read
+#: again: a job type disabled meanwhile still starts jobs up to this long.
+JOB_TYPES_TTL = 5.0
 #: Bytes asked for per read of a child's pipe.
 INBOX_READ = 1 << 16
 #: Bytes of jobs sent ahead that a busy child may leave unread. A child reads its
@@ -263,6 +266,7 @@ class Supervisor:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.options.heartbeat_interval
             self._heartbeat(now)
+            self._refresh_job_types(now)
         if now >= self._next_rescue:
             self._next_rescue = now + max(1.0, self.lease / 3)
             self._db(lambda conn: self.engine.rescue_expired_leases(conn=conn))
@@ -451,15 +455,25 @@ class Supervisor:
 
     def _job_type(self, name: str) -> Any:
         """The job type's row, None if it does not exist, or ``_UNKNOWN`` when the
-        database could not be asked."""
-        now = time.monotonic()
-        if name not in self._job_types or now - self._job_types_loaded > 5.0:
-            rows = self._db(lambda conn: self.store.list_job_types(conn), read=True)
-            if rows is None:
-                return self._job_types.get(name, _UNKNOWN)
-            self._job_types = {r["name"]: r for r in rows}
-            self._job_types_loaded = now
+        database could not be asked. Read from the database here only for a name
+        not known yet; the loop refreshes the known ones every JOB_TYPES_TTL
+        (``_refresh_job_types``), so no job's start waits for that read."""
+        if name not in self._job_types and not self._load_job_types():
+            return _UNKNOWN
         return self._job_types.get(name)
+
+    def _refresh_job_types(self, now: float) -> None:
+        if self._job_types and now - self._job_types_loaded > JOB_TYPES_TTL:
+            self._load_job_types()
+
+    def _load_job_types(self) -> bool:
+        """False when the database could not be asked (the cache stays)."""
+        rows = self._db(lambda conn: self.store.list_job_types(conn), read=True)
+        if rows is None:
+            return False
+        self._job_types = {r["name"]: r for r in rows}
+        self._job_types_loaded = time.monotonic()
+        return True
 
     # -- messages from children --------------------------------------------
 
