@@ -60,8 +60,12 @@ class Controls:
     type_limits: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def active(self, policy: ClaimPolicy) -> bool:
-        return bool(self.paused_types or self.paused_orgs or self.org_limits
-                    or self.type_limits or policy.default_max_running is not None)
+        return bool(self.paused_types or self.paused_orgs or self.limited(policy))
+
+    def limited(self, policy: ClaimPolicy) -> bool:
+        """Any concurrency limit set (an organization may be at its limit)."""
+        return bool(self.org_limits or self.type_limits
+                    or policy.default_max_running is not None)
 
     def org_limit(self, organization: str, policy: ClaimPolicy) -> int | None:
         if organization in self.paused_orgs:

@@ -88,11 +88,10 @@ class FairChoice:
         steps = min(MAX_STEPS, want * self.policy.scan_factor + len(self.blocked) + 8)
         # Without limits, only paused organizations are passed over after the
         # walk: it may stop once it has found that many due heads more than wanted.
-        limits = bool(self.controls.org_limits or self.controls.type_limits
-                      or self.policy.default_max_running is not None)
+        enough = None if self.controls.limited(self.policy) else want + len(self.blocked)
         walk = self.store.walk_around(self.conn, priority, cursor, steps,
                                       self.job_type_filter, self.controls.paused_types,
-                                      None if limits else want + len(self.blocked))
+                                      enough)
         walked, self.walk_heads = walk.steps, walk.heads
         last = walked[-1][0] if walked else None
         orgs = [o for o, due in walked if due and o not in self.blocked]

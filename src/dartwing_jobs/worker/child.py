@@ -127,8 +127,6 @@ class ChildRunner:
                 os._exit(0)  # the supervisor is gone
             if message[0] == "run":
                 self._pending.extend(message[1:])
-            elif message[0] == "cancel":
-                self.cancel(message[1])
             elif message[0] == "stop":
                 return None
         return self._pending.popleft()
