@@ -29,6 +29,7 @@ from .domain.errors import (
     ValidationError,
 )
 from .domain.hashing import job_hash
+from .domain.ids import new_id
 from .domain.outcomes import Outcome, OutcomeKind
 from .domain.priorities import Priority, parse_priority
 from .domain.statuses import Status
@@ -40,7 +41,6 @@ from .domain.validation import (
 from .job_types import JobTypes
 from .schedules import Schedules
 from .store import Store, controls, open_store
-from .store.base import new_id
 from .store.controls import ClaimPolicy
 from .store.schema import ALL_JOB_TYPES
 from .views import Job, iso, log_entry, organization_dict, parse_time

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -38,6 +37,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.errors import Conflict, DuplicateJob, InvalidState
+from ..domain.ids import new_id
 from ..domain.outcomes import Outcome, OutcomeKind
 from ..domain.priorities import Priority
 from ..domain.retry import retry_delay
@@ -82,10 +82,6 @@ class SubmissionContext(NamedTuple):
     organization_exists: bool
     job_type: Mapping[str, Any] | None
     max_queued: int | None  # the organization's own quota (None: the default applies)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 #: How long a fair claim's organization walk is reused (seconds).
