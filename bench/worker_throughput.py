@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sqlite3
 import statistics
@@ -280,6 +281,72 @@ def pg_loop(url: str, n: int, per_tx: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+# -- the start latency floor: the least a durable PostgreSQL start can cost --------
+
+PG_FLOOR_SCHEMA = (
+    "CREATE TABLE lq (id bigserial PRIMARY KEY, status text NOT NULL DEFAULT 'queued')",
+)
+#: One statement, autocommit: the insert, durable, and its notification.
+PG_FLOOR_SUBMIT = (
+    "WITH ins AS (INSERT INTO lq DEFAULT VALUES RETURNING id) "
+    "SELECT id, pg_notify('lq', id::text) FROM ins"
+)
+#: The claim by id, autocommit (durable before anything may run).
+PG_FLOOR_CLAIM = "UPDATE lq SET status = 'running' WHERE id = %s AND status = 'queued' RETURNING id"
+
+
+def floor_listener(url: str, n: int, ready: Any, out: Any) -> None:
+    """A process that listens, claims each announced row by id on a second
+    connection and notes the time the claim returned: where an engine that runs
+    its handlers in its listening process would call one."""
+    started: dict[int, float] = {}
+    with psycopg.connect(url, autocommit=True) as listen, \
+            psycopg.connect(url, autocommit=True) as claim:
+        listen.execute("LISTEN lq")
+        ready.set()
+        for note in listen.notifies(timeout=max(30.0, n / 10), stop_after=n):
+            row = claim.execute(PG_FLOOR_CLAIM, (int(note.payload),)).fetchone()
+            if row is not None:
+                started[row[0]] = time.time()
+    out.put(started)
+
+
+def pg_start_floor(url: str, rate_per_s: int, seconds: float) -> dict[str, float]:
+    """Start latency of the minimal durable path, measured as ours (client clock
+    before the submit to the start): one durable insert that notifies, then one
+    durable claim by id in another process. Two WAL flushes in a row, no worker
+    machinery: what a start on this PostgreSQL cannot go below."""
+    n = int(rate_per_s * seconds)
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS lq")
+        for sql in PG_FLOOR_SCHEMA:
+            conn.execute(sql)
+        listener = ctx.Process(target=floor_listener, args=(url, n, ready, out))
+        listener.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("the floor's listener did not start")
+            submitted: dict[int, float] = {}
+            interval = 1.0 / rate_per_s
+            next_at = time.perf_counter()
+            for _ in range(n):
+                before = time.time()
+                row = conn.execute(PG_FLOOR_SUBMIT).fetchone()
+                assert row is not None
+                submitted[row[0]] = before
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.perf_counter()))
+            started: dict[int, float] = out.get(timeout=60)
+        finally:
+            listener.join(30)
+            if listener.is_alive():
+                listener.kill()
+    ms = [(started[i] - before) * 1000.0 for i, before in submitted.items() if i in started]
+    return {"floor_start_p50_ms": pct(ms, 50), "floor_start_p99_ms": pct(ms, 99)}
+
+
 def sqlite_loop(url: str, n: int, per_tx: int) -> float:
     path = url[len("sqlite:///"):]
     conn = sqlite3.connect(path, isolation_level=None)
@@ -322,6 +389,8 @@ def run(backend: str, n: int, concurrency: int) -> dict[str, Any]:
         if backend == "postgresql":
             url = url.replace("postgresql+psycopg://", "postgresql://")
         result.update(loop_rates(url, n))
+        if backend == "postgresql":
+            result.update(pg_start_floor(url, rate_per_s=100, seconds=5))
     result["process_vs_loop50"] = result["process_per_s"] / result["loop_50_per_tx_per_s"]
     result["process_vs_loop1"] = result["process_per_s"] / result["loop_1_per_tx_per_s"]
     return result
@@ -349,8 +418,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| backend | enqueue 1-by-1/s | enqueue bulk/s | processed/s (2 procs) | "
         "loop 1/tx /s | loop 50/tx /s | ours vs loop 50/tx | start p50 ms | start p99 ms | "
-        "worker RSS start→end MiB | CPU µs/job: supervisor, children, PostgreSQL |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "start floor p50 / p99 ms | worker RSS start→end MiB | "
+        "CPU µs/job: supervisor, children, PostgreSQL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         pg_cpu = r["cpu_us_per_job_postgres"]
@@ -359,12 +429,19 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"{r['enqueue_bulk_per_s']:.0f} | {r['process_per_s']:.0f} | "
             f"{r['loop_1_per_tx_per_s']:.0f} | {r['loop_50_per_tx_per_s']:.0f} | "
             f"{100 * r['process_vs_loop50']:.1f}%{spread(r)} | {r['start_latency_p50_ms']:.1f} | "
-            f"{r['start_latency_p99_ms']:.1f} | {r['worker_rss_start_kib'] / 1024:.0f}→"
+            f"{r['start_latency_p99_ms']:.1f} | {floor(r)} | "
+            f"{r['worker_rss_start_kib'] / 1024:.0f}→"
             f"{r['worker_rss_end_kib'] / 1024:.0f} | "
             f"{r['cpu_us_per_job_supervisor']:.0f}, {r['cpu_us_per_job_children']:.0f}, "
             f"{'—' if pg_cpu is None else round(pg_cpu)} |"
         )
     return "\n".join(lines)
+
+
+def floor(r: dict[str, Any]) -> str:
+    if r.get("floor_start_p50_ms") is None:
+        return "—"
+    return f"{r['floor_start_p50_ms']:.1f} / {r['floor_start_p99_ms']:.1f}"
 
 
 def spread(r: dict[str, Any]) -> str:
