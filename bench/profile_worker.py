@@ -8,11 +8,16 @@ does, attaches py-spy (``pip install py-spy``, as root) to the supervisor and it
 children, submits the jobs in one transaction, and prints, per process role, the
 functions with the most samples: inclusive (on the stack) and self (the leaf).
 Writes the collapsed stacks to bench/results/profile-<UTC date-time>.txt.
+
+With ``--latency SECONDS`` it profiles start latency instead: one job at a time at
+100 a second to the idle worker, py-spy on the worker and, with idle samples (its
+waits on the database are the point), on this submitting process; two files.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -81,12 +86,16 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--summarize", type=Path, help="only summarize a saved profile")
+    parser.add_argument("--latency", type=float, metavar="SECONDS",
+                        help="profile starts at 100 jobs/s for this long instead")
     args = parser.parse_args()
     if args.summarize:
         print(summarize(args.summarize, args.top))
         return 0
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if args.latency:
+        return profile_latency(spy_bin, args.backend, args.latency, stamp, args.top)
     out = ROOT / "bench" / "results" / f"profile-{args.backend}-{stamp}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     with wt.database(args.backend) as url:
@@ -121,6 +130,54 @@ def main() -> int:
     print(f"{args.jobs} jobs in {elapsed:.1f} s ({args.jobs / elapsed:.0f}/s, submit included) "
           f"under py-spy at 250 Hz; collapsed stacks in {out}\n")
     print(summarize(out, args.top))
+    return 0
+
+
+def record(spy_bin: str, pid: int, out: Path, client: bool) -> subprocess.Popen[bytes]:
+    """py-spy without pausing the process it samples (``--nonblocking``: a start
+    takes a few milliseconds, a paused process would add to them); the worker with
+    its children, the submitting client alone (the worker is its child too) and
+    with idle samples (its waits on the database are the point)."""
+    return subprocess.Popen(
+        [spy_bin, "record", "--pid", str(pid), "--rate", "500", "--nonblocking",
+         "--format", "raw", "--output", str(out), "--threads",
+         *(["--idle"] if client else ["--subprocesses"])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_latency(spy_bin: str, backend: str, seconds: float, stamp: str, top: int) -> int:
+    """Starts, one at a time at 100 a second, with py-spy on the worker and on
+    this process (the submitter, idle samples included)."""
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    worker_out = results / f"profile-latency-worker-{backend}-{stamp}.txt"
+    client_out = results / f"profile-latency-client-{backend}-{stamp}.txt"
+    with wt.database(backend) as url:
+        engine = wt.setup_engine(url)
+        worker = wt.start_worker(url, 2)
+        spies: list[subprocess.Popen[bytes]] = []
+        try:
+            time.sleep(3.0)
+            for i in range(200):  # warm: connections, prepared statements, plans
+                engine.submit_job("noop", "bench", {"warm": i})
+                time.sleep(0.01)
+            spies = [record(spy_bin, worker.pid, worker_out, client=False),
+                     record(spy_bin, os.getpid(), client_out, client=True)]
+            time.sleep(1.0)
+            latency = wt.start_latency(engine, rate_per_s=100, seconds=seconds)
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            worker.terminate()
+            worker.wait(30)
+            engine.close()
+    print(f"start latency under py-spy at 500 Hz: p50 {latency['start_latency_p50_ms']:.2f} ms,"
+          f" p99 {latency['start_latency_p99_ms']:.2f} ms; stages p50 "
+          f"{latency['start_latency_stage_p50_ms']}; collapsed stacks in {worker_out} "
+          f"and {client_out}\n")
+    print("## the worker\n" + summarize(worker_out, top))
+    print("\n## the submitting process (idle samples included)\n" + summarize(client_out, top))
     return 0
 
 
