@@ -47,8 +47,3 @@ def uuid7_int(stamp: int, random_bits: int) -> int:
 def new_id() -> str:
     """A new time-ordered id, as text (the form stored and shown everywhere)."""
     return str(uuid.UUID(int=uuid7_int(_timestamp(), secrets.randbits(62))))
-
-
-def id_time(value: str) -> float:
-    """When a version 7 id was made (Unix seconds, to the millisecond)."""
-    return (uuid.UUID(value).int >> 80) / 1000.0
