@@ -35,7 +35,7 @@ from ..engine import Engine
 from ..store.base import warn_about_configuration
 from .child import child_main
 from .exchanger import Exchanger, in_transaction
-from .pipes import send_message
+from .pipes import frame, send_message
 
 log = logging.getLogger("dartwing_jobs.worker")
 
@@ -349,19 +349,19 @@ class Supervisor:
         """Send jobs ahead to a busy child, as many of ``specs`` (a prefix) as keep
         the bytes it has not read within ``AHEAD_BYTES``; how many were sent."""
         room = AHEAD_BYTES - sum(size for _, size in slot.unread)
-        frame = pickle.dumps(("run", *specs), pickle.HIGHEST_PROTOCOL)
+        data = frame(("run", *specs))
         count = len(specs)
-        while len(frame) > room and count:
+        while len(data) > room and count:
             # Rare (large parameters): find the prefix that fits, one job less
             # each time, and try no more until the child starts one of them.
             slot.ahead_full = True
             count -= 1
-            frame = pickle.dumps(("run", *specs[:count]), pickle.HIGHEST_PROTOCOL)
+            data = frame(("run", *specs[:count]))
         if not count:
             return 0
-        slot.unread.append((specs[0]["job_id"], len(frame)))
+        slot.unread.append((specs[0]["job_id"], len(data)))
         try:
-            slot.conn.send_bytes(frame)
+            slot.conn.send_bytes(data)
         except (OSError, EOFError):
             self._child_died(slot)
         return count
