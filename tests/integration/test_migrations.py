@@ -35,3 +35,47 @@ def test_migrations_match_the_declared_schema(fresh_url: str, backend: str) -> N
         assert diff == []
     finally:
         engine.close()
+
+
+def test_organization_names_compare_bytewise(fresh_url: str, backend: str) -> None:
+    """Every organization-name column sorts by bytes, as Python sorts the names:
+    the fair claim's rotation order is the same on both backends (and its walk's
+    index descents skip the locale). Alembic's schema comparison does not look at
+    collations, so this test does; and downgrading restores the database default."""
+    from alembic import command
+
+    from dartwing_jobs.store.migrations import alembic_config
+    from dartwing_jobs.store.schema import OrgName
+
+    org_columns = sorted((t.name, c.name) for t in metadata.sorted_tables
+                         for c in t.columns if c.type is OrgName)
+    assert len(org_columns) == 7
+
+    engine = Engine(fresh_url)
+    try:
+        engine.migrate()
+        names = ["b", "B", "_z", "a-1", "a.1", "Z", "é", "e"]
+        for name in names:
+            engine.create_organization(name)
+        with engine.store.read() as conn:
+            stored = [r[0] for r in conn.exec_driver_sql(
+                "SELECT name FROM organizations ORDER BY name")]  # static text
+        assert stored == sorted(names)
+        if backend != "postgresql":
+            return
+
+        def collations() -> dict[tuple[str, str], str | None]:
+            with engine.store.engine.connect() as conn:
+                rows = conn.exec_driver_sql(
+                    "SELECT table_name, column_name, collation_name "
+                    "FROM information_schema.columns WHERE table_schema = 'public'").all()
+            return {(t, c): coll for t, c, coll in rows if (t, c) in org_columns}
+
+        assert collations() == {col: "C" for col in org_columns}
+        with engine.store.engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0005")
+        assert collations() == {col: None for col in org_columns}
+        engine.migrate()
+        assert collations() == {col: "C" for col in org_columns}
+    finally:
+        engine.close()

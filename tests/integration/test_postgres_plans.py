@@ -169,8 +169,9 @@ def store_claim_plan(engine: Engine) -> str:
 
 
 def store_fair_claim_plans(engine: Engine, generic: bool = False) -> dict[str, str]:
-    """The plans of the fair claim's reads of the jobs table, by role: the top due
-    priority, the organization walk, the organizations' first jobs (``generic``:
+    """The plans of the fair claim's statements on the jobs table, by role: the top
+    due priority, the organization walk, the organizations' first jobs, the claim
+    of the chosen ones (``generic``:
     the plans cached without the values, as the claim's transaction runs them)."""
     with engine.store.engine.connect() as conn, captured(engine) as seen:
         trans = conn.begin()
@@ -183,7 +184,8 @@ def store_fair_claim_plans(engine: Engine, generic: bool = False) -> dict[str, s
             head = statement.lstrip().upper()
             if "BACKGROUND_JOBS" not in head or not head.startswith(("SELECT", "WITH")):
                 continue
-            role = ("walk" if "RECURSIVE" in head else
+            role = ("claim" if "UPDATE BACKGROUND_JOBS" in head else
+                    "walk" if "RECURSIVE" in head else
                     "heads" if "UNION" in head or "LATERAL" in head else
                     "priority" if head.startswith("SELECT (SELECT") else "other")
             plans[role] = (generic_plan(conn, statement, params) if generic
@@ -281,6 +283,9 @@ def test_pg_fair_claim_uses_the_claim_and_organization_indexes(world: World,
     assert "LockRows" in plans["walk"], plans["walk"]  # the walk locks each first job
     assert ORG_INDEX in plans["heads"], plans["heads"]
     assert "LockRows" in plans["heads"], plans["heads"]  # FOR UPDATE SKIP LOCKED kept
+    # The chosen rows are updated where their locks found them: no index at all.
+    assert "Tid Scan on background_jobs" in plans["claim"], plans["claim"]
+    assert indexes_used(plans["claim"]) == set(), plans["claim"]
     for role, text in plans.items():
         assert "Seq Scan on background_jobs" not in text, (role, text)
         if role != "walk":  # the walk sorts its own few steps, never jobs

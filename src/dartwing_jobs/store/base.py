@@ -822,7 +822,7 @@ class Store(ABC):
         if not ids:
             return []
         rows = self._claim_chosen(conn, worker_id, lease_seconds,
-                                  [(i, choice.attempts[i]) for i in ids])
+                                  [(i, *choice.fences[i]) for i in ids])
         order = {job_id: i for i, job_id in enumerate(ids)}
         return sorted(rows, key=lambda r: order[r["id"]])
 
@@ -854,11 +854,13 @@ class Store(ABC):
                                   jobs.c.id.in_(chosen.scalar_subquery()))
 
     def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
-                      chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
-        """Claim the jobs a fair choice picked, ``(id, attempts as read)``, with
-        their status events."""
+                      chosen: Sequence[tuple[str, int, str | None]]) -> list[RowMapping]:
+        """Claim the jobs a fair choice picked, ``(id, attempts as read, row
+        address)``, with their status events. The row address (PostgreSQL's
+        ``ctid``, None elsewhere) is where the locked row is: a backend may update
+        it there instead of looking the id up again."""
         return self._mark_claimed(conn, worker_id, lease_seconds,
-                                  jobs.c.id.in_([job_id for job_id, _ in chosen]))
+                                  jobs.c.id.in_([job_id for job_id, _, _ in chosen]))
 
     def _mark_claimed(self, conn: Connection, worker_id: str, lease_seconds: float,
                       which: Any) -> list[RowMapping]:

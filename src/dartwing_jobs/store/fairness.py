@@ -63,8 +63,10 @@ class FairChoice:
         self.checked: set[str] = set()
         self.org_budget: dict[str, int] = {}
         self.type_budget: dict[tuple[str, str], int] = {}
-        #: The attempt number each fetched job had when it was read (claim fence).
-        self.attempts: dict[str, int] = {}
+        #: The attempt number each fetched job had when it was read (the claim's
+        #: fence), and where its locked row is (``tid``; None where rows have no
+        #: address the claim can use).
+        self.fences: dict[str, tuple[int, str | None]] = {}
         #: Each organization's first due job, locked by the last walk (if it did).
         self.walk_heads: dict[str, RowMapping] = {}
 
@@ -95,6 +97,8 @@ class FairChoice:
         walked, self.walk_heads = walk.steps, walk.heads
         last = walked[-1][0] if walked else None
         orgs = [o for o, due in walked if due and o not in self.blocked]
+        if not self.controls.limited(self.policy):  # paused ones are blocked already
+            return orgs[:want], last
         unchecked = [o for o in orgs if o not in self.checked and (
             self.controls.org_limit(o, self.policy) is not None
             or self.controls.limited_types(o))]
@@ -145,7 +149,7 @@ class FairChoice:
                     self.conn, priority, wanted, self.job_type_filter,
                     self.controls.paused_types, blocked_pairs, fetched)
             fetched += [r["id"] for r in rows]
-            self.attempts.update((r["id"], r["attempts"]) for r in rows)
+            self.fences.update((r["id"], (r["attempts"], r.get("tid"))) for r in rows)
             taken, served = self._interleave(rows, [o for o, _ in wanted], want - len(picked))
             picked += taken
             last_served = served or last_served
@@ -165,11 +169,16 @@ class FairChoice:
         by_org: dict[str, list[RowMapping]] = {}
         for row in rows:
             by_org.setdefault(row["organization"], []).append(row)
-        ranked: list[tuple[int, int, RowMapping]] = []
-        for org, own in by_org.items():
-            own.sort(key=lambda r: (r["due_at"], r["id"]))
-            ranked += [(rank, position[org], r) for rank, r in enumerate(own)]
-        ranked.sort(key=lambda t: (t[0], t[1]))
+        ranked: list[tuple[int, int, RowMapping]]
+        if len(by_org) == len(rows):  # one job per organization: rotation order
+            ranked = sorted(((0, position[r["organization"]], r) for r in rows),
+                            key=lambda t: t[1])
+        else:
+            ranked = []
+            for org, own in by_org.items():
+                own.sort(key=lambda r: (r["due_at"], r["id"]))
+                ranked += [(rank, position[org], r) for rank, r in enumerate(own)]
+            ranked.sort(key=lambda t: (t[0], t[1]))
         taken: list[str] = []
         served: str | None = None
         for _, _, row in ranked:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -83,6 +84,10 @@ GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
 GENERIC_PLANS_SESSION = text("SET plan_cache_mode = force_generic_plan")
 DEFAULT_PLANS_SESSION = text("RESET plan_cache_mode")
 #: The tables the retention cleanup deletes from (static text).
+#: Where a locked job row is (static text): the claim updates it there
+#: (``CLAIM_CHOSEN``), with no second descent of the primary key. A row locked by
+#: the claim's own transaction cannot move before that update.
+ROW_ADDRESS = literal_column("background_jobs.ctid", String).label("tid")
 RECLAIM_SPACE = text(
     "VACUUM (ANALYZE) background_jobs, job_events, job_execution_log, job_dependencies")
 
@@ -351,18 +356,16 @@ class PostgresStore(Store):
         reused = self._reused_walk(seen, steps)
         if reused is not None:
             return reused
-        walked: list[tuple[str, bool]] = []
-        heads: dict[str, RowMapping] = {}
-        found = 0
         enough = steps if enough is None else enough
-        for row in conn.execute(hot.WALK_AROUND, {
-                "after": cursor, "steps": steps, "enough": enough, "priority": priority,
-                "types": list(job_type_filter) if job_type_filter else None,
-                "paused": sorted(paused_types)}).mappings():
-            walked.append((str(row["org"]), bool(row["has_due"])))
-            found = row["found"]
-            if row["id"] is not None:
-                heads[str(row["org"])] = row
+        rows = conn.execute(hot.WALK_AROUND, {
+            "after": cursor, "steps": steps, "enough": enough, "priority": priority,
+            "types": list(job_type_filter) if job_type_filter else None,
+            "paused": sorted(paused_types)}).all()
+        # Rows, not mappings, read by position: a walk of a claim of 100 from as
+        # many organizations returns 100 rows.
+        walked: list[tuple[str, bool]] = [(r.org, r.has_due) for r in rows]
+        heads: dict[str, RowMapping] = {r.org: r._mapping for r in rows if r.id is not None}
+        found = rows[-1].found if rows else 0
         # A walk that stopped at ``enough`` answers only walks as long as itself
         # (it did not reach the end).
         self._keep_walk(seen, len(walked) if found >= enough else steps, walked)
@@ -400,7 +403,7 @@ class PostgresStore(Store):
             bindparam("head_ks", type_=ARRAY(Integer)),
         ).table_valued("org", "k").render_derived()
         head = (select(jobs.c.id, jobs.c.organization, jobs.c.job_type, jobs.c.due_at,
-                       jobs.c.attempts)
+                       jobs.c.attempts, ROW_ADDRESS)
                 .where(jobs.c.organization == share.c.org,
                        jobs.c.priority == bindparam("priority", type_=Integer),
                        *self._claim_filters(job_type_filter, paused_types)))
@@ -437,10 +440,10 @@ class PostgresStore(Store):
                       key=lambda r: (r["priority"], r["due_at"], r["id"]))
 
     def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
-                      chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
+                      chosen: Sequence[tuple[str, int, str | None]]) -> list[RowMapping]:
         rows = conn.execute(hot.CLAIM_CHOSEN, {
             "worker_id": worker_id, "lease": float(lease_seconds),
-            "chosen": json.dumps([{"id": i, "attempts": a} for i, a in chosen]),
+            "chosen": json.dumps([{"id": i, "attempts": a, "tid": t} for i, a, t in chosen]),
             "channel": EVENTS_CHANNEL,
         }).mappings().all()
         return self._sent_events(conn, rows)

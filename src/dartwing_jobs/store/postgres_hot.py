@@ -66,13 +66,16 @@ SELECT claimed.*, (SELECT pg_notify(:channel, '')) AS notified FROM claimed
 """)
 
 #: The jobs a fair choice picked and locked (``:chosen``: a JSON array of
-#: ``{"id", "attempts"}`` as read).
+#: ``{"id", "attempts", "tid"}`` as read). Each row is updated where the lock
+#: found it (its ``ctid``: a tid scan, not a descent of the primary key); a row
+#: this transaction holds cannot have moved, and the id and attempt still fence it.
 CLAIM_CHOSEN = text("""
 WITH clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
 ),
 chosen AS (
-    SELECT * FROM json_to_recordset(CAST(:chosen AS json)) AS c(id varchar, attempts integer)
+    SELECT * FROM json_to_recordset(CAST(:chosen AS json))
+        AS c(id varchar, attempts integer, tid tid)
 ),
 claimed AS (
     UPDATE background_jobs AS j
@@ -80,7 +83,7 @@ claimed AS (
         lease_expires_at = clock.now + :lease, started_at = clock.now,
         modified_at = clock.now, next_retry_at = NULL
     FROM chosen, clock
-    WHERE j.id = chosen.id AND j.attempts = chosen.attempts
+    WHERE j.ctid = chosen.tid AND j.id = chosen.id AND j.attempts = chosen.attempts
     RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
         j.progress_message, j.error_type, j.error_message, j.parameters, j.checkpoint,
         j.priority, j.due_at, j.timeout_seconds, clock.now AS claimed_at
@@ -278,7 +281,8 @@ SELECT w.org, w.found, COALESCE(fast.id, slow.id) IS NOT NULL AS has_due,
     COALESCE(fast.id, slow.id) AS id, w.org AS organization,
     COALESCE(fast.job_type, slow.job_type) AS job_type,
     COALESCE(fast.due_at, slow.due_at) AS due_at,
-    COALESCE(fast.attempts, slow.attempts) AS attempts
+    COALESCE(fast.attempts, slow.attempts) AS attempts,
+    CASE WHEN fast.id IS NOT NULL THEN w.tid ELSE slow.tid END AS tid
 FROM walk AS w
 LEFT JOIN LATERAL (
     SELECT j.id, j.job_type, j.due_at, j.attempts
@@ -292,7 +296,7 @@ LEFT JOIN LATERAL (
     FOR UPDATE SKIP LOCKED
 ) AS fast ON true
 LEFT JOIN LATERAL (
-    SELECT d.id, d.job_type, d.due_at, d.attempts
+    SELECT d.id, d.job_type, d.due_at, d.attempts, d.ctid AS tid
     FROM background_jobs AS d
     WHERE fast.id IS NULL AND w.priority <= :priority
       AND d.organization = w.org AND d.priority = :priority

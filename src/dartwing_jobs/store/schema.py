@@ -42,6 +42,13 @@ Json = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Epoch: Double[float] = Double()
+# Organization names compare bytewise on PostgreSQL (collation "C", migration
+# 0006), as they do on SQLite: the fair claim's walk descends the organization
+# index once per organization it visits, and under a libc locale every key
+# comparison of a descent (and of each index insert a claim makes) went through
+# strcoll on copies of both names. Byte order is also the order Python sorts the
+# names in, so the rotation order is the same on both backends and in the code.
+OrgName = String(140).with_variant(String(140, collation="C"), "postgresql")
 
 
 def _status_in(statuses: frozenset[object]) -> str:
@@ -60,7 +67,7 @@ ACTIVE_HASH_PREDICATE = text(f"deduplicate AND {_status_in(frozenset(ACTIVE))}")
 organizations = Table(
     "organizations",
     metadata,
-    Column("name", String(140), primary_key=True),
+    Column("name", OrgName, primary_key=True),
     Column("title", String(255), nullable=False),
     Column("created_at", Epoch, nullable=False),
 )
@@ -90,7 +97,7 @@ org_members = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column(
         "organization",
-        String(140),
+        OrgName,
         ForeignKey("organizations.name", ondelete="CASCADE"),
         nullable=False,
     ),
@@ -136,7 +143,7 @@ jobs = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("job_type", String(140), ForeignKey("job_types.name"), nullable=False),
-    Column("organization", String(140), ForeignKey("organizations.name"), nullable=False),
+    Column("organization", OrgName, ForeignKey("organizations.name"), nullable=False),
     Column("parameters", Json, nullable=False),
     Column("priority", SmallInteger, nullable=False),
     Column("status", String(16), nullable=False),
@@ -239,7 +246,7 @@ job_execution_log = Table(
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("job_id", String(36), nullable=False),
-    Column("organization", String(140), nullable=False),
+    Column("organization", OrgName, nullable=False),
     Column("job_type", String(140), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("worker_id", String(255)),
@@ -259,7 +266,7 @@ job_events = Table(
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("job_id", String(36), nullable=False),
-    Column("organization", String(140), nullable=False),
+    Column("organization", OrgName, nullable=False),
     Column("job_type", String(140), nullable=False),
     Column("kind", String(16), nullable=False),  # status | progress
     Column("status", String(16), nullable=False),
@@ -286,7 +293,7 @@ schedules = Table(
     Column("name", String(140), primary_key=True),
     Column("cron", String(120), nullable=False),
     Column("job_type", String(140), ForeignKey("job_types.name"), nullable=False),
-    Column("organization", String(140), ForeignKey("organizations.name"), nullable=False),
+    Column("organization", OrgName, ForeignKey("organizations.name"), nullable=False),
     Column("parameters", Json, nullable=False),
     Column("enabled", Boolean, nullable=False),
     Column("created_at", Epoch, nullable=False),
@@ -333,7 +340,7 @@ organization_limits = Table(
     metadata,
     Column(
         "organization",
-        String(140),
+        OrgName,
         ForeignKey("organizations.name", ondelete="CASCADE"),
         primary_key=True,
     ),

@@ -120,10 +120,10 @@ class SQLiteStore(Store):
         return list(rows)
 
     def _claim_chosen(self, conn: Connection, worker_id: str, lease_seconds: float,
-                      chosen: Sequence[tuple[str, int]]) -> list[RowMapping]:
+                      chosen: Sequence[tuple[str, int, str | None]]) -> list[RowMapping]:
         rows = conn.execute(_CLAIM_CHOSEN, {
             "worker_id": worker_id, "lease": float(lease_seconds),
-            "ids": json.dumps([job_id for job_id, _ in chosen]),
+            "ids": json.dumps([job_id for job_id, _, _ in chosen]),
         }).mappings().all()
         self._status_events(conn, rows)
         return list(rows)
