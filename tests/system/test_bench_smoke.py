@@ -57,3 +57,31 @@ def test_run_all_quick_writes_results(tmp_path: Path) -> None:
     assert len(doc["targets"]) == 6
     assert "| dartwing-jobs | PostgreSQL |" in doc["table_markdown"]
     assert doc["table_markdown"] in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_fairness_claim_bench_writes_results(tmp_path: Path) -> None:
+    """``bench/fairness_bench.py``'s claim part at a tiny size: every setup (one
+    organization, many submitted by organization and interleaved, unfair) claims
+    and serves what it should, and the ratios are written."""
+    require_postgres()
+    proc = subprocess.run(
+        [sys.executable, "bench/fairness_bench.py", "--skip-delay", "--claim-orgs", "20",
+         "--claim-per-org", "10", "--claims", "2", "--rounds", "2",
+         "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (path,) = tmp_path.glob("fairness-*.json")
+    doc = json.loads(path.read_text())
+    claims = doc["claims"]
+    assert [(c["organizations"], c["submitted"], c["fair_claiming"]) for c in claims] == [
+        (1, "by organization", True), (20, "by organization", True),
+        (20, "interleaved", True), (1, "by organization", False)]
+    for setup in claims:
+        assert setup["claimed"] == 2 * 100  # one claim of 100 a turn, two turns
+        assert len(setup["jobs_per_s_by_round"]) == 2
+    # A claim of 100 from 20 organizations of 10 jobs takes every one of them.
+    assert claims[1]["organizations_served"] == claims[2]["organizations_served"] == 20
+    for key in ("many_to_one_by_round", "many_to_one_by_round_interleaved"):
+        assert doc[key]["min"] <= doc[key]["median"] <= doc[key]["max"]
+    assert "median of the turns' ratios" in proc.stdout
