@@ -83,11 +83,11 @@ GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
 #: statistics. ``RESET`` before the connection goes back to the pool.
 GENERIC_PLANS_SESSION = text("SET plan_cache_mode = force_generic_plan")
 DEFAULT_PLANS_SESSION = text("RESET plan_cache_mode")
-#: The tables the retention cleanup deletes from (static text).
 #: Where a locked job row is (static text): the claim updates it there
 #: (``CLAIM_CHOSEN``), with no second descent of the primary key. A row locked by
 #: the claim's own transaction cannot move before that update.
 ROW_ADDRESS = literal_column("background_jobs.ctid", String).label("tid")
+#: The tables the retention cleanup deletes from (static text).
 RECLAIM_SPACE = text(
     "VACUUM (ANALYZE) background_jobs, job_events, job_execution_log, job_dependencies")
 

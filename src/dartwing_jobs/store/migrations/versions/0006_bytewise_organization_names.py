@@ -2,9 +2,10 @@
 
 Every column holding an organization name compares bytewise on PostgreSQL, as on
 SQLite. The fair claim descends ``ix_background_jobs_org_claimable`` once for each
-organization it visits; under a libc locale (``en_US.UTF-8``, even ``C.UTF-8``
-before PostgreSQL 17) each key comparison of a descent called strcoll on copies
-of both strings, where "C" compares the bytes. All of them change together: a
+organization it visits; under a libc locale (``en_US.UTF-8``, and ``C.UTF-8``
+too: PostgreSQL takes only ``C`` and ``POSIX`` for byte order) each key
+comparison of a descent called strcoll on copies of both strings, where "C"
+compares the bytes. All of them change together: a
 comparison between two columns of different non-default collations is an error.
 
 The change rebuilds the indexes on these columns and holds an exclusive lock on
