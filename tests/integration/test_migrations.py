@@ -3,6 +3,8 @@ backends, and running them again changes nothing."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +39,31 @@ def test_migrations_match_the_declared_schema(fresh_url: str, backend: str) -> N
         engine.close()
 
 
-def test_organization_names_compare_bytewise(fresh_url: str, backend: str) -> None:
-    """Every organization-name column sorts by bytes, as Python sorts the names:
-    the fair claim's rotation order is the same on both backends (and its walk's
-    index descents skip the locale). Alembic's schema comparison does not look at
-    collations, so this test does; and downgrading restores the database default."""
+@pytest.fixture
+def locale_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A new database whose default collation is not byte order where the server
+    has one (ICU ``en-US`` on PostgreSQL: "a" before "B", "_z" first), so that
+    the organization columns' own collation is what orders them."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'locale.db'}"
+        return
+    from tests.conftest import _admin_exec, pg_url
+
+    name = f"dwj_test_icu_{uuid.uuid4().hex[:12]}"
+    _admin_exec(f'CREATE DATABASE "{name}" TEMPLATE template0 '
+                "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'")
+    try:
+        yield pg_url(name)
+    finally:
+        _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_organization_names_compare_bytewise(locale_url: str, backend: str) -> None:
+    """Every organization-name column sorts by bytes, as Python sorts the names,
+    also in a database whose own collation does not: the fair claim's rotation
+    order is the same on both backends (and its walk's index descents skip the
+    locale). Alembic's schema comparison does not look at collations, so this
+    test does; and downgrading restores the database default."""
     from alembic import command
 
     from dartwing_jobs.store.migrations import alembic_config
@@ -51,7 +73,7 @@ def test_organization_names_compare_bytewise(fresh_url: str, backend: str) -> No
                          for c in t.columns if c.type is OrgName)
     assert len(org_columns) == 7
 
-    engine = Engine(fresh_url)
+    engine = Engine(locale_url)
     try:
         engine.migrate()
         names = ["b", "B", "_z", "a-1", "a.1", "Z", "é", "e"]
@@ -63,6 +85,9 @@ def test_organization_names_compare_bytewise(fresh_url: str, backend: str) -> No
         assert stored == sorted(names)
         if backend != "postgresql":
             return
+        with engine.store.read() as conn:  # the database itself orders otherwise
+            assert [r[0] for r in conn.exec_driver_sql(
+                "SELECT n FROM (VALUES ('B'), ('a')) AS v(n) ORDER BY n")] == ["a", "B"]
 
         def collations() -> dict[tuple[str, str], str | None]:
             with engine.store.engine.connect() as conn:

@@ -83,5 +83,5 @@ def test_fairness_claim_bench_writes_results(tmp_path: Path) -> None:
     # A claim of 100 from 20 organizations of 10 jobs takes every one of them.
     assert claims[1]["organizations_served"] == claims[2]["organizations_served"] == 20
     for key in ("many_to_one_by_round", "many_to_one_by_round_interleaved"):
-        assert doc[key]["min"] <= doc[key]["median"] <= doc[key]["max"]
+        assert doc[key]["min"] > 0 and doc[key]["max"] < 100, doc[key]
     assert "median of the turns' ratios" in proc.stdout

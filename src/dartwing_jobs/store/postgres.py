@@ -361,8 +361,9 @@ class PostgresStore(Store):
             "after": cursor, "steps": steps, "enough": enough, "priority": priority,
             "types": list(job_type_filter) if job_type_filter else None,
             "paused": sorted(paused_types)}).all()
-        # Rows, not mappings, read by position: a walk of a claim of 100 from as
-        # many organizations returns 100 rows.
+        # Rows read by attribute, mappings made only for the heads: a walk of a
+        # claim of 100 from as many organizations returns 100 rows. ``tid`` is the
+        # address of the version the lock holds (after a recheck, the newest).
         walked: list[tuple[str, bool]] = [(r.org, r.has_due) for r in rows]
         heads: dict[str, RowMapping] = {r.org: r._mapping for r in rows if r.id is not None}
         found = rows[-1].found if rows else 0

@@ -222,8 +222,9 @@ WHERE depends_on_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
 #: claimable row after the previous organization in (organization, priority, due
 #: time) order names the next organization and, when it is due, at ``:priority``
 #: and of a wanted job type, is that organization's head, locked through its
-#: ``ctid`` with no second index descent (``fast``; a row changed meanwhile fails
-#: the status recheck and is skipped). Otherwise (a more urgent job not due yet,
+#: ``ctid`` with no second index descent (``fast``; a row updated and committed
+#: meanwhile is rechecked at its newest version, whose ``ctid`` differs, so
+#: ``fast`` skips it and ``slow`` finds it). Otherwise (a more urgent job not due yet,
 #: a filtered job type, the row held by another claimer) ``slow`` asks the index
 #: for the head as the walk used to. A step's row is read from the heap (its
 #: ``ctid``), so the probe marks the entries of jobs claimed since as dead, where
@@ -282,10 +283,10 @@ SELECT w.org, w.found, COALESCE(fast.id, slow.id) IS NOT NULL AS has_due,
     COALESCE(fast.job_type, slow.job_type) AS job_type,
     COALESCE(fast.due_at, slow.due_at) AS due_at,
     COALESCE(fast.attempts, slow.attempts) AS attempts,
-    CASE WHEN fast.id IS NOT NULL THEN w.tid ELSE slow.tid END AS tid
+    COALESCE(fast.tid, slow.tid) AS tid
 FROM walk AS w
 LEFT JOIN LATERAL (
-    SELECT j.id, j.job_type, j.due_at, j.attempts
+    SELECT j.id, j.job_type, j.due_at, j.attempts, j.ctid AS tid
     FROM background_jobs AS j
     WHERE w.priority = :priority AND w.due_at <= (SELECT now FROM clock)
       AND (CAST(:types AS varchar[]) IS NULL
