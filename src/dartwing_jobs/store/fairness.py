@@ -169,16 +169,11 @@ class FairChoice:
         by_org: dict[str, list[RowMapping]] = {}
         for row in rows:
             by_org.setdefault(row["organization"], []).append(row)
-        ranked: list[tuple[int, int, RowMapping]]
-        if len(by_org) == len(rows):  # one job per organization: rotation order
-            ranked = sorted(((0, position[r["organization"]], r) for r in rows),
-                            key=lambda t: t[1])
-        else:
-            ranked = []
-            for org, own in by_org.items():
-                own.sort(key=lambda r: (r["due_at"], r["id"]))
-                ranked += [(rank, position[org], r) for rank, r in enumerate(own)]
-            ranked.sort(key=lambda t: (t[0], t[1]))
+        ranked: list[tuple[int, int, RowMapping]] = []
+        for org, own in by_org.items():
+            own.sort(key=lambda r: (r["due_at"], r["id"]))
+            ranked += [(rank, position[org], r) for rank, r in enumerate(own)]
+        ranked.sort(key=lambda t: (t[0], t[1]))
         taken: list[str] = []
         served: str | None = None
         for _, _, row in ranked:
