@@ -254,6 +254,7 @@ def main() -> int:
     results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(), "delay": [],
                                "claims": []}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"fairness-{stamp}.json"
     total = args.claim_orgs * args.claim_per_org
     setups = [(1, total, True, False), (args.claim_orgs, args.claim_per_org, True, False),

@@ -578,3 +578,49 @@ def test_a_wrapping_walk_is_one_statement_on_postgresql(world: World) -> None:
         "tenant-03", "tenant-04", "tenant-00", "tenant-01", "tenant-02"]
     assert sum("RECURSIVE" in s for s in sent) == 1, sent
     assert not any("unnest" in s for s in sent), sent  # no per-organization fetch
+
+
+def test_a_claim_of_one_job_from_each_organization_is_one_statement_on_postgresql(
+        world: World) -> None:
+    """When the walk locks as many first jobs as the claim wants (one from each of
+    that many organizations, no limits), it claims them itself: one statement, the
+    status events and the attempt written as by any claim. When it locks fewer,
+    it claims nothing and the organizations' next jobs are fetched and claimed as
+    before, in round-robin order."""
+    engine = world.engine
+    if not engine.store.walk_locks_heads:
+        pytest.skip("the one-statement walk is PostgreSQL's")
+    made = many_organizations(engine, 4, 3)
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.store.engine, "before_cursor_execute", record)
+    try:
+        with engine.store.transaction() as conn:
+            first = engine.store.claim_jobs(conn, "w1", 3, 30.0, after_organization="")
+        walk_only = list(sent)
+        sent.clear()
+        with engine.store.transaction() as conn:
+            second = engine.store.claim_jobs(conn, "w2", 5, 30.0,
+                                             after_organization="tenant-02")
+    finally:
+        event.remove(engine.store.engine, "before_cursor_execute", record)
+    assert [r["id"] for r in first] == [made[f"tenant-{i:02d}"][0] for i in range(3)]
+    assert [(r["status"], r["attempts"]) for r in first] == [("running", 1)] * 3
+    updates = [s for s in walk_only if "UPDATE background_jobs" in s]
+    assert len(updates) == 1 and "RECURSIVE" in updates[0], walk_only
+    # Four organizations have a due job: fewer than five, so the walk only looks.
+    assert [r["id"] for r in second] == [
+        made["tenant-03"][0], made["tenant-00"][1], made["tenant-01"][1],
+        made["tenant-02"][1], made["tenant-03"][1]]
+    assert sum("UPDATE background_jobs" in s for s in sent) == 2, sent
+    with engine.store.read() as conn:
+        events = conn.execute(text(
+            "SELECT job_id, status, attempt FROM job_events WHERE kind = 'status' "
+            "AND status = 'running'")).all()
+        states = dict(conn.execute(select(jobs.c.id, jobs.c.status)).all())
+    claimed = [r["id"] for r in first + second]
+    assert sorted((e.job_id, e.attempt) for e in events) == sorted((i, 1) for i in claimed)
+    assert sorted(i for i, s in states.items() if s == "running") == sorted(claimed)

@@ -184,8 +184,8 @@ def store_fair_claim_plans(engine: Engine, generic: bool = False) -> dict[str, s
             head = statement.lstrip().upper()
             if "BACKGROUND_JOBS" not in head or not head.startswith(("SELECT", "WITH")):
                 continue
-            role = ("claim" if "UPDATE BACKGROUND_JOBS" in head else
-                    "walk" if "RECURSIVE" in head else
+            role = ("walk" if "RECURSIVE" in head else
+                    "claim" if "UPDATE BACKGROUND_JOBS" in head else
                     "heads" if "UNION" in head or "LATERAL" in head else
                     "priority" if head.startswith("SELECT (SELECT") else "other")
             plans[role] = (generic_plan(conn, statement, params) if generic
@@ -281,6 +281,8 @@ def test_pg_fair_claim_uses_the_claim_and_organization_indexes(world: World,
     # finished jobs, which a step would have to pass over one by one.
     assert indexes_used(plans["walk"]) == {ORG_INDEX}, plans["walk"]
     assert "LockRows" in plans["walk"], plans["walk"]  # the walk locks each first job
+    # ... and claims them where it locked them, when it locked as many as wanted.
+    assert "Tid Scan on background_jobs" in plans["walk"], plans["walk"]
     assert ORG_INDEX in plans["heads"], plans["heads"]
     assert "LockRows" in plans["heads"], plans["heads"]  # FOR UPDATE SKIP LOCKED kept
     # The chosen rows are updated where their locks found them: no index at all.

@@ -48,7 +48,7 @@ from ..domain.statuses import (
 )
 from .clock import db_now
 from .controls import ClaimPolicy, read_controls
-from .fairness import FairChoice
+from .fairness import FairChoice, WalkClaim
 from .schema import (
     ACTIVE_HASH_PREDICATE,
     ALL_JOB_TYPES,
@@ -97,6 +97,9 @@ class Walk(NamedTuple):
     #: (``id, organization, job_type, due_at, attempts``); empty where the backend
     #: has no row locks or the walk was reused.
     heads: dict[str, RowMapping]
+    #: Heads the walk's own statement claimed (asked with ``claim`` and it locked
+    #: as many as were wanted), in rotation order, as ``claim_jobs`` returns rows.
+    claimed: Sequence[RowMapping] = ()
 
 
 def warn_about_configuration(store: Store) -> list[str]:
@@ -816,13 +819,16 @@ class Store(ABC):
         if cursor is None:
             cursor = self._claim_cursors.get(worker_id, "")
         self._prepare_fair_claim(conn)
-        choice = FairChoice(self, conn, controls, job_type_filter)
+        choice = FairChoice(self, conn, controls, job_type_filter,
+                            claim_as=(worker_id, lease_seconds))
         ids, cursor = choice.choose(limit, cursor)
         self._claim_cursors[worker_id] = cursor
         if not ids:
             return []
-        rows = self._claim_chosen(conn, worker_id, lease_seconds,
-                                  [(i, *choice.fences[i]) for i in ids])
+        rows = list(choice.claimed.values())  # by its walk's own statement
+        rest = [(i, *choice.fences[i]) for i in ids if i not in choice.claimed]
+        if rest:
+            rows += self._claim_chosen(conn, worker_id, lease_seconds, rest)
         order = {job_id: i for i, job_id in enumerate(ids)}
         return sorted(rows, key=lambda r: order[r["id"]])
 
@@ -923,7 +929,7 @@ class Store(ABC):
     def walk_around(
         self, conn: Connection, priority: int, cursor: str, steps: int,
         job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
-        enough: int | None = None,
+        enough: int | None = None, claim: WalkClaim | None = None,
     ) -> Walk:
         """The organizations with claimable jobs in rotation order: by name after
         ``cursor``, then from the start around to ``cursor`` itself; at most
@@ -936,7 +942,9 @@ class Store(ABC):
         organizations, the usual multi-tenant case) those are the jobs it
         claims, and the separate per-organization fetch is not needed; they may
         also stop once ``enough`` organizations had a due head (a hint, ignored
-        by the walk here, which locks nothing)."""
+        by the walk here, which locks nothing), and, asked with ``claim``, claim
+        the heads in the same statement when they locked ``claim.want`` of them
+        (exactly what the fair choice would take then: ignored here)."""
         walked = self.walk_organizations(conn, priority, cursor, None, steps,
                                          job_type_filter, paused_types).steps
         if len(walked) < steps and cursor:  # reached the end: wrap around

@@ -24,6 +24,10 @@ One claim, inside its transaction, with a bounded number of statements:
    this step's statement is not sent;
 5. the jobs are interleaved round robin (rank inside its organization, then
    rotation order) and the first ``limit`` are claimed by the caller's UPDATE.
+   On PostgreSQL, with no limits and no paused organizations, a walk that locked
+   as many heads as the claim wants claims them in its own statement (they are
+   exactly what steps 4 and 5 would choose): the multi-tenant claim is then one
+   round trip after step 1.
 
 If the top priority cannot fill the claim, the next priority follows; a ready
 ``critical`` job therefore always goes before any ``high`` one.
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -41,6 +45,17 @@ from .controls import Controls, running_counts
 
 if TYPE_CHECKING:
     from .base import Store
+
+class WalkClaim(NamedTuple):
+    """Asks a walk to claim the heads it locks, if it locks ``want`` of them: then
+    they are what the choice would take (no limits, no paused organizations, one
+    job from each of ``want`` organizations), and claiming them in the walk's own
+    statement saves the claim's round trip."""
+
+    worker_id: str
+    lease_seconds: float
+    want: int
+
 
 #: Upper bound of skip-scan steps in one walk, whatever the claim size.
 MAX_STEPS = 1000
@@ -53,7 +68,8 @@ class FairChoice:
     """Chooses the jobs of one claim; lives for one claim only."""
 
     def __init__(self, store: Store, conn: Connection, controls: Controls,
-                 job_type_filter: Sequence[str] | None) -> None:
+                 job_type_filter: Sequence[str] | None,
+                 claim_as: tuple[str, float] | None = None) -> None:
         self.store = store
         self.conn = conn
         self.controls = controls
@@ -69,6 +85,11 @@ class FairChoice:
         self.fences: dict[str, tuple[int, str | None]] = {}
         #: Each organization's first due job, locked by the last walk (if it did).
         self.walk_heads: dict[str, RowMapping] = {}
+        #: (worker id, lease) the walks may claim for (None: they only look).
+        self.claim_as = claim_as
+        #: Jobs a walk claimed itself, by id (the caller claims only the others).
+        self.claimed: dict[str, RowMapping] = {}
+        self.walk_claimed: Sequence[RowMapping] = ()
 
     def choose(self, limit: int, cursor: str) -> tuple[list[str], str]:
         """Job ids in start order, and the new rotation cursor."""
@@ -91,10 +112,13 @@ class FairChoice:
         # Without limits, only paused organizations are passed over after the
         # walk: it may stop once it has found that many due heads more than wanted.
         enough = None if self.controls.limited(self.policy) else want + len(self.blocked)
+        claim = None
+        if self.claim_as is not None and enough == want:  # no limits, nothing blocked
+            claim = WalkClaim(*self.claim_as, want)
         walk = self.store.walk_around(self.conn, priority, cursor, steps,
                                       self.job_type_filter, self.controls.paused_types,
-                                      enough)
-        walked, self.walk_heads = walk.steps, walk.heads
+                                      enough, claim)
+        walked, self.walk_heads, self.walk_claimed = walk.steps, walk.heads, walk.claimed
         last = walked[-1][0] if walked else None
         orgs = [o for o, due in walked if due and o not in self.blocked]
         if not self.controls.limited(self.policy):  # paused ones are blocked already
@@ -126,6 +150,10 @@ class FairChoice:
 
     def _level(self, priority: int, want: int, cursor: str) -> tuple[list[str], str]:
         orgs, last_seen = self._organizations(priority, want, cursor)
+        if self.walk_claimed:  # the first job of each of ``want`` organizations
+            self.claimed.update((r["id"], r) for r in self.walk_claimed)
+            return ([r["id"] for r in self.walk_claimed],
+                    self.walk_claimed[-1]["organization"])
         picked: list[str] = []
         fetched: list[str] = []
         last_served: str | None = None

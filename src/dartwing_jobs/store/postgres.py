@@ -39,6 +39,7 @@ from ..domain.statuses import Status
 from . import postgres_hot as hot
 from .base import Store, Units, Walk
 from .clock import db_now
+from .fairness import WalkClaim
 from .schema import (
     ACTIVE_HASH_PREDICATE,
     ALL_JOB_TYPES,
@@ -346,11 +347,13 @@ class PostgresStore(Store):
     def walk_around(
         self, conn: Connection, priority: int, cursor: str, steps: int,
         job_type_filter: Sequence[str] | None, paused_types: frozenset[str],
-        enough: int | None = None,
+        enough: int | None = None, claim: WalkClaim | None = None,
     ) -> Walk:
         """One statement (``postgres_hot.WALK_AROUND``), the wrap-around included,
-        locking each organization's first due job and stopping after ``enough``
-        of them; reused as ``_reused_walk`` says."""
+        locking each organization's first due job, stopping after ``enough`` of
+        them and, asked to, claiming them when it locked ``claim.want``: a claim
+        of one job from each of as many organizations is then one round trip.
+        Reused as ``_reused_walk`` says."""
         seen = ("around", tuple(job_type_filter or ()), tuple(sorted(paused_types)),
                 priority, cursor)
         reused = self._reused_walk(seen, steps)
@@ -360,17 +363,25 @@ class PostgresStore(Store):
         rows = conn.execute(hot.WALK_AROUND, {
             "after": cursor, "steps": steps, "enough": enough, "priority": priority,
             "types": list(job_type_filter) if job_type_filter else None,
-            "paused": sorted(paused_types)}).all()
+            "paused": sorted(paused_types),
+            "claim_want": claim.want if claim else 0,
+            "worker_id": claim.worker_id if claim else None,
+            "lease": float(claim.lease_seconds) if claim else 0.0,
+            "channel": EVENTS_CHANNEL}).all()
         # Rows read by attribute, mappings made only for the heads: a walk of a
         # claim of 100 from as many organizations returns 100 rows. ``tid`` is the
         # address of the version the lock holds (after a recheck, the newest).
         walked: list[tuple[str, bool]] = [(r.org, r.has_due) for r in rows]
         heads: dict[str, RowMapping] = {r.org: r._mapping for r in rows if r.id is not None}
         found = rows[-1].found if rows else 0
+        claimed = [r._mapping for r in rows if r.status is not None]
+        if claimed:
+            self._mark_notified(conn, EVENTS_CHANNEL)
+            heads = {}  # claimed already: nothing left for this claim to take
         # A walk that stopped at ``enough`` answers only walks as long as itself
         # (it did not reach the end).
         self._keep_walk(seen, len(walked) if found >= enough else steps, walked)
-        return Walk(walked, heads)
+        return Walk(walked, heads, claimed)
 
     def organization_heads(
         self, conn: Connection, priority: int, wanted: Sequence[tuple[str, int]],

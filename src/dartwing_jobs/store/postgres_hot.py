@@ -277,38 +277,67 @@ walk(org, n, wrapped, priority, due_at, job_type, tid, found) AS (
         LIMIT 1
     ) AS f
     WHERE w.n < :steps AND w.found < :enough AND NOT (w.wrapped AND w.org >= :after)
+),
+steps AS (
+    SELECT w.n, w.org, w.found, COALESCE(fast.id, slow.id) AS id,
+        COALESCE(fast.job_type, slow.job_type) AS job_type,
+        COALESCE(fast.due_at, slow.due_at) AS due_at,
+        COALESCE(fast.attempts, slow.attempts) AS attempts,
+        COALESCE(fast.tid, slow.tid) AS tid
+    FROM walk AS w
+    LEFT JOIN LATERAL (
+        SELECT j.id, j.job_type, j.due_at, j.attempts, j.ctid AS tid
+        FROM background_jobs AS j
+        WHERE w.priority = :priority AND w.due_at <= (SELECT now FROM clock)
+          AND (CAST(:types AS varchar[]) IS NULL
+               OR w.job_type = ANY(CAST(:types AS varchar[])))
+          AND w.job_type <> ALL(CAST(:paused AS varchar[]))
+          AND j.ctid = w.tid AND j.organization = w.org AND j.priority = :priority
+          AND j.status IN ('queued', 'retrying') AND j.due_at <= (SELECT now FROM clock)
+        FOR UPDATE SKIP LOCKED
+    ) AS fast ON true
+    LEFT JOIN LATERAL (
+        SELECT d.id, d.job_type, d.due_at, d.attempts, d.ctid AS tid
+        FROM background_jobs AS d
+        WHERE fast.id IS NULL AND w.priority <= :priority
+          AND d.organization = w.org AND d.priority = :priority
+          AND d.status IN ('queued', 'retrying') AND d.due_at <= (SELECT now FROM clock)
+          AND (CAST(:types AS varchar[]) IS NULL
+               OR d.job_type = ANY(CAST(:types AS varchar[])))
+          AND d.job_type <> ALL(CAST(:paused AS varchar[]))
+        ORDER BY d.due_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) AS slow ON true
+    WHERE NOT (w.wrapped AND w.org > :after)
+),
+claimed AS (
+    UPDATE background_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, worker_id = :worker_id,
+        lease_expires_at = clock.now + :lease, started_at = clock.now,
+        modified_at = clock.now, next_retry_at = NULL
+    FROM steps AS s, clock
+    WHERE :claim_want > 0 AND (SELECT count(id) FROM steps) >= :claim_want
+      AND j.ctid = s.tid AND j.id = s.id AND j.attempts = s.attempts
+    RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
+        j.progress_message, j.error_type, j.error_message, j.parameters, j.checkpoint,
+        j.priority, j.due_at, j.timeout_seconds, clock.now AS claimed_at
+),
+events AS (
+    INSERT INTO job_events (job_id, organization, job_type, kind, status, attempt,
+        progress, message, error, created_at)
+    SELECT id, organization, job_type, 'status', status, attempts, progress,
+        progress_message,
+        CASE WHEN error_type IS NULL THEN NULL
+             ELSE jsonb_build_object('type', error_type, 'message', error_message) END,
+        claimed_at
+    FROM claimed
 )
-SELECT w.org, w.found, COALESCE(fast.id, slow.id) IS NOT NULL AS has_due,
-    COALESCE(fast.id, slow.id) AS id, w.org AS organization,
-    COALESCE(fast.job_type, slow.job_type) AS job_type,
-    COALESCE(fast.due_at, slow.due_at) AS due_at,
-    COALESCE(fast.attempts, slow.attempts) AS attempts,
-    COALESCE(fast.tid, slow.tid) AS tid
-FROM walk AS w
-LEFT JOIN LATERAL (
-    SELECT j.id, j.job_type, j.due_at, j.attempts, j.ctid AS tid
-    FROM background_jobs AS j
-    WHERE w.priority = :priority AND w.due_at <= (SELECT now FROM clock)
-      AND (CAST(:types AS varchar[]) IS NULL
-           OR w.job_type = ANY(CAST(:types AS varchar[])))
-      AND w.job_type <> ALL(CAST(:paused AS varchar[]))
-      AND j.ctid = w.tid AND j.organization = w.org AND j.priority = :priority
-      AND j.status IN ('queued', 'retrying') AND j.due_at <= (SELECT now FROM clock)
-    FOR UPDATE SKIP LOCKED
-) AS fast ON true
-LEFT JOIN LATERAL (
-    SELECT d.id, d.job_type, d.due_at, d.attempts, d.ctid AS tid
-    FROM background_jobs AS d
-    WHERE fast.id IS NULL AND w.priority <= :priority
-      AND d.organization = w.org AND d.priority = :priority
-      AND d.status IN ('queued', 'retrying') AND d.due_at <= (SELECT now FROM clock)
-      AND (CAST(:types AS varchar[]) IS NULL
-           OR d.job_type = ANY(CAST(:types AS varchar[])))
-      AND d.job_type <> ALL(CAST(:paused AS varchar[]))
-    ORDER BY d.due_at
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-) AS slow ON true
-WHERE NOT (w.wrapped AND w.org > :after)
-ORDER BY w.n
+SELECT s.org, s.found, s.id IS NOT NULL AS has_due, s.id, s.org AS organization,
+    s.job_type, s.due_at, COALESCE(c.attempts, s.attempts) AS attempts, s.tid,
+    c.status, c.progress, c.progress_message, c.error_type, c.error_message,
+    c.parameters, c.checkpoint, c.priority, c.timeout_seconds, c.claimed_at,
+    CASE WHEN c.id IS NOT NULL THEN (SELECT pg_notify(:channel, '')) END AS notified
+FROM steps AS s LEFT JOIN claimed AS c ON c.id = s.id
+ORDER BY s.n
 """)
