@@ -624,3 +624,21 @@ def test_a_claim_of_one_job_from_each_organization_is_one_statement_on_postgresq
     claimed = [r["id"] for r in first + second]
     assert sorted((e.job_id, e.attempt) for e in events) == sorted((i, 1) for i in claimed)
     assert sorted(i for i, s in states.items() if s == "running") == sorted(claimed)
+
+
+def test_a_walk_claims_no_more_heads_than_wanted(world: World) -> None:
+    """Organizations whose first claimable job is a more urgent one not due yet
+    still have a due head at the walked priority, found behind it; the walk may
+    lock more heads than the claim wants then, and claims only the first ones in
+    rotation order (every backend: the same jobs, and no more)."""
+    engine = world.engine
+    made = many_organizations(engine, 4, 1)
+    for org in ("tenant-00", "tenant-01"):
+        engine.submit_job("noop", org, {"later": True}, priority="critical",
+                          run_at=time.time() + 3600)
+    with engine.store.transaction() as conn:
+        rows = engine.store.claim_jobs(conn, "w1", 2, 30.0, after_organization="")
+    assert [r["id"] for r in rows] == [made["tenant-00"][0], made["tenant-01"][0]]
+    assert count(engine, status="running") == 2
+    rows = claim(engine, 10)
+    assert [r["id"] for r in rows] == [made["tenant-02"][0], made["tenant-03"][0]]

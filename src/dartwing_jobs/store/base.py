@@ -943,8 +943,9 @@ class Store(ABC):
         claims, and the separate per-organization fetch is not needed; they may
         also stop once ``enough`` organizations had a due head (a hint, ignored
         by the walk here, which locks nothing), and, asked with ``claim``, claim
-        the heads in the same statement when they locked ``claim.want`` of them
-        (exactly what the fair choice would take then: ignored here)."""
+        the first ``claim.want`` heads in rotation order in the same statement
+        when they locked that many (what the fair choice would take then; heads
+        they locked but could not claim stay in ``heads``): ignored here."""
         walked = self.walk_organizations(conn, priority, cursor, None, steps,
                                          job_type_filter, paused_types).steps
         if len(walked) < steps and cursor:  # reached the end: wrap around

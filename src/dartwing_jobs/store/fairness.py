@@ -25,9 +25,9 @@ One claim, inside its transaction, with a bounded number of statements:
 5. the jobs are interleaved round robin (rank inside its organization, then
    rotation order) and the first ``limit`` are claimed by the caller's UPDATE.
    On PostgreSQL, with no limits and no paused organizations, a walk that locked
-   as many heads as the claim wants claims them in its own statement (they are
-   exactly what steps 4 and 5 would choose): the multi-tenant claim is then one
-   round trip after step 1.
+   as many heads as the claim wants claims the first that many, in rotation
+   order, in its own statement (what steps 4 and 5 would choose then): the
+   multi-tenant claim then sends no statement after the walk.
 
 If the top priority cannot fill the claim, the next priority follows; a ready
 ``critical`` job therefore always goes before any ``high`` one.
@@ -150,10 +150,16 @@ class FairChoice:
 
     def _level(self, priority: int, want: int, cursor: str) -> tuple[list[str], str]:
         orgs, last_seen = self._organizations(priority, want, cursor)
-        if self.walk_claimed:  # the first job of each of ``want`` organizations
+        if self.walk_claimed:
+            # The walk claimed the heads of the first ``want`` organizations, save
+            # any it locked at a version its statement could not update (the
+            # caller's claim takes those).
             self.claimed.update((r["id"], r) for r in self.walk_claimed)
-            return ([r["id"] for r in self.walk_claimed],
-                    self.walk_claimed[-1]["organization"])
+            picked = [self.walk_heads[o]["id"] for o in orgs]
+            for head in (self.walk_heads[o] for o in orgs):
+                if head["id"] not in self.claimed:
+                    self.fences[head["id"]] = (head["attempts"], head["tid"])
+            return picked, orgs[-1]
         picked: list[str] = []
         fetched: list[str] = []
         last_served: str | None = None

@@ -377,7 +377,6 @@ class PostgresStore(Store):
         claimed = [r._mapping for r in rows if r.status is not None]
         if claimed:
             self._mark_notified(conn, EVENTS_CHANNEL)
-            heads = {}  # claimed already: nothing left for this claim to take
         # A walk that stopped at ``enough`` answers only walks as long as itself
         # (it did not reach the end).
         self._keep_walk(seen, len(walked) if found >= enough else steps, walked)

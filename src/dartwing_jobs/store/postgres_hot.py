@@ -234,6 +234,18 @@ WHERE depends_on_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
 #: also stops once ``:enough`` steps had a probe row that is a due head (``found``
 #: counts them): a claim of ``k`` jobs from ``k`` organizations locks ``k`` heads,
 #: not the slack its step bound keeps for organizations with nothing due.
+#:
+#: With ``:claim_want`` > 0 (no limits, no paused organization: the fair choice
+#: would take the first ``:claim_want`` heads in rotation order, one job from each
+#: of as many organizations) and at least that many heads locked, the statement
+#: also claims those first ``:claim_want`` (``heads``; more may be locked, as
+#: ``slow`` finds heads behind probe rows that ``found`` does not count) for
+#: ``:worker_id`` with ``:lease``, writes their status events and notifies
+#: ``:channel``; their claimed columns come back on their steps' rows (``status``
+#: set). The update reads the statement's snapshot: a head that ``slow`` locked at
+#: a version committed after it (a recheck) is not claimed here, and comes back
+#: locked for the caller's ``CLAIM_CHOSEN``. ``:claim_want`` 0: the walk only
+#: looks and locks.
 WALK_AROUND = text("""
 WITH RECURSIVE clock AS (
     SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now
@@ -311,13 +323,16 @@ steps AS (
     ) AS slow ON true
     WHERE NOT (w.wrapped AND w.org > :after)
 ),
+heads AS (
+    SELECT id, attempts, tid FROM steps WHERE id IS NOT NULL ORDER BY n LIMIT :claim_want
+),
 claimed AS (
     UPDATE background_jobs AS j
     SET status = 'running', attempts = j.attempts + 1, worker_id = :worker_id,
         lease_expires_at = clock.now + :lease, started_at = clock.now,
         modified_at = clock.now, next_retry_at = NULL
-    FROM steps AS s, clock
-    WHERE :claim_want > 0 AND (SELECT count(id) FROM steps) >= :claim_want
+    FROM heads AS s, clock
+    WHERE :claim_want > 0 AND (SELECT count(*) FROM heads) = :claim_want
       AND j.ctid = s.tid AND j.id = s.id AND j.attempts = s.attempts
     RETURNING j.id, j.organization, j.job_type, j.status, j.attempts, j.progress,
         j.progress_message, j.error_type, j.error_message, j.parameters, j.checkpoint,
