@@ -155,11 +155,10 @@ class FairChoice:
             # any it locked at a version its statement could not update (the
             # caller's claim takes those).
             self.claimed.update((r["id"], r) for r in self.walk_claimed)
-            picked = [self.walk_heads[o]["id"] for o in orgs]
-            for head in (self.walk_heads[o] for o in orgs):
-                if head["id"] not in self.claimed:
-                    self.fences[head["id"]] = (head["attempts"], head["tid"])
-            return picked, orgs[-1]
+            heads = [self.walk_heads[o] for o in orgs]
+            self.fences.update((h["id"], (h["attempts"], h["tid"])) for h in heads
+                               if h["id"] not in self.claimed)
+            return [h["id"] for h in heads], orgs[-1]
         picked: list[str] = []
         fetched: list[str] = []
         last_served: str | None = None
