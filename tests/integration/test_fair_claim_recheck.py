@@ -15,13 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import event, make_url, select, text
+from sqlalchemy import make_url, select, text
 from sqlalchemy.engine import RowMapping
 
 from dartwing_jobs import Engine
 from dartwing_jobs.store.schema import jobs
 from tests.conftest import TEST_HANDLER_MODULES, World
-from tests.integration.test_fairness import many_organizations
+from tests.integration.test_fairness import many_organizations, sent_statements
 
 #: Generous bounds: the test fails (never hangs) if the race cannot be staged.
 WAIT_SECONDS = 30.0
@@ -104,12 +104,6 @@ def test_a_head_updated_after_the_walks_snapshot_is_still_claimed(
 
     with gated_role(database_url, gate_key) as role_url:
         claimer = Engine(role_url, handler_modules=TEST_HANDLER_MODULES)
-        sent: list[str] = []
-
-        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            sent.append(statement)
-
-        event.listen(claimer.store.engine, "before_cursor_execute", record)
         result: list[RowMapping] = []
         errors: list[BaseException] = []
 
@@ -125,7 +119,8 @@ def test_a_head_updated_after_the_walks_snapshot_is_still_claimed(
 
         thread = threading.Thread(target=claim, name="gated-claim", daemon=True)
         try:
-            with psycopg.connect(database_url, autocommit=True) as gate:
+            with (sent_statements(claimer) as sent,
+                  psycopg.connect(database_url, autocommit=True) as gate):
                 gate.execute("SELECT pg_advisory_lock(%s)", (gate_key,))
                 thread.start()
                 wait_for_walk_at_gate(gate, gate_key)
@@ -136,12 +131,11 @@ def test_a_head_updated_after_the_walks_snapshot_is_still_claimed(
                         "UPDATE background_jobs SET modified_at = modified_at + 1 "
                         "WHERE id = :id"), {"id": touched})
                 gate.execute("SELECT pg_advisory_unlock(%s)", (gate_key,))
-            thread.join(WAIT_SECONDS * 2)
-            assert not thread.is_alive(), "the claim did not finish"
+                thread.join(WAIT_SECONDS * 2)
+                assert not thread.is_alive(), "the claim did not finish"
         finally:
             with suppress(Exception):
                 thread.join(WAIT_SECONDS * 2)
-            event.remove(claimer.store.engine, "before_cursor_execute", record)
             claimer.close()
     if errors:
         raise errors[0]

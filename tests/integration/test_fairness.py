@@ -190,6 +190,21 @@ def test_one_job_per_organization_is_each_ones_first(world: World,
 
 
 @contextmanager
+def sent_statements(engine: Engine) -> Iterator[list[str]]:
+    """The text of every statement the store sends meanwhile."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.store.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.store.engine, "before_cursor_execute", record)
+
+
+@contextmanager
 def captured_walks(engine: Engine) -> Iterator[list[int]]:
     """The number of organizations each walk of the store returned."""
     lengths: list[int] = []
@@ -562,18 +577,8 @@ def test_a_wrapping_walk_is_one_statement_on_postgresql(world: World) -> None:
     if not engine.store.walk_locks_heads:
         pytest.skip("the one-statement walk is PostgreSQL's")
     many_organizations(engine, 5, 2)
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine.store.engine, "before_cursor_execute", record)
-    try:
-        with engine.store.transaction() as conn:
-            rows = engine.store.claim_jobs(conn, "w1", 5, 30.0,
-                                           after_organization="tenant-02")
-    finally:
-        event.remove(engine.store.engine, "before_cursor_execute", record)
+    with sent_statements(engine) as sent, engine.store.transaction() as conn:
+        rows = engine.store.claim_jobs(conn, "w1", 5, 30.0, after_organization="tenant-02")
     assert [r["organization"] for r in rows] == [
         "tenant-03", "tenant-04", "tenant-00", "tenant-01", "tenant-02"]
     assert sum("RECURSIVE" in s for s in sent) == 1, sent
@@ -591,22 +596,10 @@ def test_a_claim_of_one_job_from_each_organization_is_one_statement_on_postgresq
     if not engine.store.walk_locks_heads:
         pytest.skip("the one-statement walk is PostgreSQL's")
     made = many_organizations(engine, 4, 3)
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine.store.engine, "before_cursor_execute", record)
-    try:
-        with engine.store.transaction() as conn:
-            first = engine.store.claim_jobs(conn, "w1", 3, 30.0, after_organization="")
-        walk_only = list(sent)
-        sent.clear()
-        with engine.store.transaction() as conn:
-            second = engine.store.claim_jobs(conn, "w2", 5, 30.0,
-                                             after_organization="tenant-02")
-    finally:
-        event.remove(engine.store.engine, "before_cursor_execute", record)
+    with sent_statements(engine) as walk_only, engine.store.transaction() as conn:
+        first = engine.store.claim_jobs(conn, "w1", 3, 30.0, after_organization="")
+    with sent_statements(engine) as sent, engine.store.transaction() as conn:
+        second = engine.store.claim_jobs(conn, "w2", 5, 30.0, after_organization="tenant-02")
     assert [r["id"] for r in first] == [made[f"tenant-{i:02d}"][0] for i in range(3)]
     assert [(r["status"], r["attempts"]) for r in first] == [("running", 1)] * 3
     updates = [s for s in walk_only if "UPDATE background_jobs" in s]

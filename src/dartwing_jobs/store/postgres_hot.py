@@ -15,8 +15,9 @@ completion only ``(id, attempt)`` still ``running``. Joining by primary key with
 a fence on ``attempts`` (in no index) keeps the planner on the primary key even
 when the table's statistics lag behind a fast-moving queue.
 
-The claim statements repeat their ``UPDATE`` on purpose: composing SQL text
-from pieces is what this project does not do. The status names and the clock
+The claim statements (and the fair walk, which may claim what it locked)
+repeat their ``UPDATE`` and status-event ``INSERT`` on purpose: composing SQL
+text from pieces is what this project does not do. The status names and the clock
 expression are written out; tests/unit/test_hot_statements.py checks them
 against the domain (``CLAIMABLE``, ``Status``) and ``clock.db_now``.
 """
