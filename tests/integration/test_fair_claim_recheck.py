@@ -34,15 +34,17 @@ def gated_role(database_url: str, gate_key: int) -> Iterator[str]:
     lock ``gate_key``; every other role (the superuser) bypasses the policy. Yields
     the role's database URL; drops the policy, the function and the role after."""
     role = f"dwj_gated_{uuid.uuid4().hex[:12]}"
+    password = uuid.uuid4().hex  # for servers that ask for one (trust ignores it)
     names = {"role": sql.Identifier(role), "gate": sql.Identifier(f"{role}_gate"),
-             "policy": sql.Identifier(f"{role}_policy"), "key": sql.Literal(int(gate_key))}
+             "policy": sql.Identifier(f"{role}_policy"), "key": sql.Literal(int(gate_key)),
+             "password": sql.Literal(password), "name": sql.Literal(role)}
 
     def run(admin: psycopg.Connection[Any], statement: str) -> None:
         admin.execute(sql.SQL(statement).format(**names))  # identifiers quoted
 
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("SET lock_timeout = '10s'")
-        run(admin, "CREATE ROLE {role} LOGIN")
+        run(admin, "CREATE ROLE {role} LOGIN PASSWORD {password}")
         try:
             run(admin, "GRANT USAGE ON SCHEMA public TO {role}")
             run(admin, "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
@@ -60,14 +62,21 @@ def gated_role(database_url: str, gate_key: int) -> Iterator[str]:
                 CREATE POLICY {policy} ON background_jobs TO {role}
                 USING ({gate}()) WITH CHECK (true)""")
             admin.execute("ALTER TABLE background_jobs ENABLE ROW LEVEL SECURITY")
-            yield make_url(database_url).set(username=role).render_as_string(
-                hide_password=False)
+            yield make_url(database_url).set(username=role, password=password
+                                             ).render_as_string(hide_password=False)
         finally:
-            admin.execute("ALTER TABLE background_jobs DISABLE ROW LEVEL SECURITY")
-            run(admin, "DROP POLICY IF EXISTS {policy} ON background_jobs")
-            run(admin, "DROP FUNCTION IF EXISTS {gate}()")
-            run(admin, "DROP OWNED BY {role}")
-            run(admin, "DROP ROLE {role}")
+            # Each step on its own: a claim left hanging must not keep the rest.
+            cleanup = [
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {name}",
+                "ALTER TABLE background_jobs DISABLE ROW LEVEL SECURITY",
+                "DROP POLICY IF EXISTS {policy} ON background_jobs",
+                "DROP FUNCTION IF EXISTS {gate}()",
+                "DROP OWNED BY {role}",
+                "DROP ROLE {role}",
+            ]
+            for statement in cleanup:
+                with suppress(psycopg.Error):
+                    run(admin, statement)
 
 
 def wait_for_walk_at_gate(conn: psycopg.Connection[Any], gate_key: int) -> None:
@@ -78,6 +87,7 @@ def wait_for_walk_at_gate(conn: psycopg.Connection[Any], gate_key: int) -> None:
         waiting = conn.execute(
             "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid) "
             "WHERE l.locktype = 'advisory' AND NOT l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1 "
             "AND a.query LIKE '%%WITH RECURSIVE%%'", (gate_key,)).fetchone()
         if waiting is not None and waiting[0] > 0:

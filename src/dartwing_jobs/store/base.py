@@ -95,7 +95,8 @@ class Walk(NamedTuple):
     steps: list[tuple[str, bool]]
     #: Each organization's first due job, locked by this walk's transaction
     #: (``id, organization, job_type, due_at, attempts``); empty where the backend
-    #: has no row locks or the walk was reused.
+    #: has no row locks or the walk was reused. Heads in ``claimed`` are here too,
+    #: as read before the walk updated them (their ``tid`` is the old version's).
     heads: dict[str, RowMapping]
     #: Heads the walk's own statement claimed (asked with ``claim`` and it locked
     #: as many as were wanted), in rotation order, as ``claim_jobs`` returns rows.

@@ -27,7 +27,8 @@ One claim, inside its transaction, with a bounded number of statements:
    On PostgreSQL, with no limits and no paused organizations, a walk that locked
    as many heads as the claim wants claims the first that many, in rotation
    order, in its own statement (what steps 4 and 5 would choose then): the
-   multi-tenant claim then sends no statement after the walk.
+   multi-tenant claim then sends no statement after the walk (unless a head was
+   updated after the walk's snapshot: the caller's UPDATE claims that one).
 
 If the top priority cannot fill the claim, the next priority follows; a ready
 ``critical`` job therefore always goes before any ``high`` one.
@@ -47,10 +48,11 @@ if TYPE_CHECKING:
     from .base import Store
 
 class WalkClaim(NamedTuple):
-    """Asks a walk to claim the heads it locks, if it locks ``want`` of them: then
-    they are what the choice would take (no limits, no paused organizations, one
-    job from each of ``want`` organizations), and claiming them in the walk's own
-    statement saves the claim's round trip."""
+    """Asks a walk to claim the first ``want`` heads it locks, in rotation order,
+    if it locks at least that many: then they are what the choice would take (no
+    limits, no paused organizations, one job from each of ``want``
+    organizations), and claiming them in the walk's own statement saves the
+    claim's round trip."""
 
     worker_id: str
     lease_seconds: float
