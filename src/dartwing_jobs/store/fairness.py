@@ -47,6 +47,7 @@ from .controls import Controls, running_counts
 if TYPE_CHECKING:
     from .base import Store
 
+
 class WalkClaim(NamedTuple):
     """Asks a walk to claim the first ``want`` heads it locks, in rotation order,
     if it locks at least that many: then they are what the choice would take (no
